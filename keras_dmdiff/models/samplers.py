@@ -1,0 +1,117 @@
+"""Reverse-diffusion samplers for a variance-preserving VDM, in `keras.ops`.
+
+A sampler walks t from 1 to 0 on a uniform grid of `num_steps` steps. Each
+step is a pure function of (z_t, eps_hat, gamma_t, gamma_s, noise), so the
+same code runs inside `VariationalDiffusion.sample` (compiled per backend) and
+inside an exported SavedModel.
+
+Randomness comes from `stateless_normal(shape, seed, counter)`: the backend's
+counter-based RNG keyed by a *tensor* seed, so one compiled function gives new
+samples for each new seed (keras.random only takes Python ints or a
+SeedGenerator, which cannot vary per call inside a compiled function).
+"""
+
+import keras
+from keras import ops
+
+
+def stateless_normal(shape, seed, counter):
+    """Standard normal noise from an integer tensor seed and a step counter.
+
+    Args:
+        shape: output shape (may contain tensors for dynamic sizes).
+        seed: int32 scalar tensor (or int).
+        counter: int32 scalar tensor (or int), e.g. the sampler step.
+
+    Returns:
+        float32 tensor of `shape`.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        pair = tf.stack([tf.cast(seed, tf.int32), tf.cast(counter, tf.int32)])
+        return tf.random.stateless_normal(shape, seed=pair, dtype=tf.float32)
+    if backend == "jax":
+        import jax
+
+        key = jax.random.fold_in(jax.random.PRNGKey(ops.cast(seed, "uint32")), ops.cast(counter, "uint32"))
+        return jax.random.normal(key, shape, dtype="float32")
+    raise NotImplementedError(f"Sampling is implemented for the tensorflow and jax backends, not {backend!r}.")
+
+
+def alpha_sigma(gamma):
+    """alpha_t, sigma_t of a variance-preserving process from gamma = log SNR^-1."""
+    return ops.sqrt(ops.sigmoid(-gamma)), ops.sqrt(ops.sigmoid(gamma))
+
+
+def ancestral_step(z_t, eps_hat, gamma_t, gamma_s, noise):
+    """One draw from p(z_s | z_t) (Kingma et al. 2021, eq. 32), s < t.
+
+    Args:
+        z_t: current latent.
+        eps_hat: network's noise prediction at (z_t, t).
+        gamma_t, gamma_s: log-SNR^-1 at t and at the next, less noisy time s.
+        noise: standard normal of z_t's shape.
+    """
+    alpha_s_sq = ops.sigmoid(-gamma_s)
+    alpha_t_sq = ops.sigmoid(-gamma_t)
+    c = -ops.expm1(gamma_s - gamma_t)
+    sigma_t = ops.sqrt(ops.sigmoid(gamma_t))
+    mean = ops.sqrt(alpha_s_sq / alpha_t_sq) * (z_t - sigma_t * c * eps_hat)
+    scale = ops.sqrt((1.0 - alpha_s_sq) * c)
+    return mean + scale * noise
+
+
+def ddim_step(z_t, eps_hat, gamma_t, gamma_s, noise):
+    """Deterministic DDIM step: jump to the predicted x at s along the same eps."""
+    del noise
+    alpha_t, sigma_t = alpha_sigma(gamma_t)
+    alpha_s, sigma_s = alpha_sigma(gamma_s)
+    x_hat = (z_t - sigma_t * eps_hat) / alpha_t
+    return alpha_s * x_hat + sigma_s * eps_hat
+
+
+SAMPLERS = {"ancestral": ancestral_step, "ddim": ddim_step}
+
+
+def get_step(sampler):
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}.")
+    return SAMPLERS[sampler]
+
+
+def run_sampler(denoise, schedule, condition, seed, num_steps, sampler="ancestral"):
+    """Draws z_0 / alpha_0 given the condition, in the network's normalised space.
+
+    Args:
+        denoise: callable (z_t, condition, gamma_normalised [B]) -> eps_hat.
+        schedule: noise schedule layer, gamma(t).
+        condition: [B, H, W, 1] normalised stellar-mass maps.
+        seed: int32 scalar tensor seed.
+        num_steps: Python int, number of uniform steps from t=1 to t=0.
+        sampler: a name in `SAMPLERS`.
+
+    Returns:
+        [B, H, W, 1] samples of the normalised target.
+    """
+    step = get_step(sampler)
+    gamma_0 = schedule(ops.zeros(()))
+    gamma_1 = schedule(ops.ones(()))
+    batch = ops.shape(condition)[0]
+    z = stateless_normal(ops.shape(condition), seed, num_steps)
+
+    def body(i, z):
+        # i counts 0..num_steps-1; the step goes from t to s = t - 1/N.
+        t = ops.cast(num_steps - i, "float32") / num_steps
+        s = ops.cast(num_steps - i - 1, "float32") / num_steps
+        gamma_t = schedule(t)
+        gamma_s = schedule(s)
+        gamma_normalised = ops.ones((batch,)) * ((gamma_t - gamma_0) / (gamma_1 - gamma_0))
+        eps_hat = denoise(z, condition, gamma_normalised)
+        noise = stateless_normal(ops.shape(condition), seed, i)
+        return step(z, eps_hat, gamma_t, gamma_s, noise)
+
+    z = ops.fori_loop(0, num_steps, body, z)
+    alpha_0, _ = alpha_sigma(gamma_0)
+    return z / alpha_0
