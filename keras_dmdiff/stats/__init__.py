@@ -12,7 +12,6 @@ from keras_dmdiff.stats.calibration import DEFAULT_LEVELS
 from keras_dmdiff.stats.calibration import aperture_mass_ranks
 from keras_dmdiff.stats.calibration import calibration_verdict
 from keras_dmdiff.stats.calibration import coverage_curve
-from keras_dmdiff.stats.calibration import coverage_from_normalized_ranks
 from keras_dmdiff.stats.calibration import interval_coverage
 from keras_dmdiff.stats.calibration import normalized_rank
 from keras_dmdiff.stats.calibration import pixel_ranks
