@@ -10,7 +10,7 @@ Splits are by simulation (never by map): the LH set gives `train` / `validation`
 with 80 / 10 / 10 % of the simulations, chosen by a fixed hash rule (see `split_simulations`);
 the CV and 1P sets give a single `test` split with every map.
 
-Example:
+Examples:
 
 ```python
 import tensorflow_datasets as tfds
@@ -76,7 +76,7 @@ def cmd_file_names(suite: str, set_name: str) -> dict[str, str]:
         A dict with the keys `"stellar_mass"`, `"dark_matter"` and `"params"` mapping to file
         names (no folder).
 
-    Example:
+    Examples:
 
     >>> cmd_file_names("IllustrisTNG", "LH")["params"]
     'params_LH_IllustrisTNG.txt'
@@ -158,7 +158,7 @@ def read_cmd_files(folder, suite: str, set_name: str) -> CmdFiles:
             shapes, a parameter table without 6 columns or with non-finite values, or a
             number of maps that is not a multiple of the number of parameter rows.
 
-    Example:
+    Examples:
 
     >>> files = read_cmd_files("/data/CMD", "IllustrisTNG", "LH")  # doctest: +SKIP
     >>> files.maps_per_simulation  # doctest: +SKIP
@@ -257,7 +257,7 @@ def split_simulations(num_simulations: int, set_name: str) -> dict[str, np.ndarr
         Dict split name -> sorted int array of simulation indices; the splits are disjoint and
         cover every simulation.
 
-    Example:
+    Examples:
 
     >>> {k: len(v) for k, v in split_simulations(1000, "LH").items()}
     {'train': 800, 'validation': 100, 'test': 100}
@@ -298,7 +298,7 @@ class CamelsCmdConfig(tfds.core.BuilderConfig):
         mock_seed: Mock only: random seed.
         mock_workers: Mock only: worker processes; None = all CPUs.
 
-    Example (a mock with more simulations, under its own name):
+    Examples (a mock with more simulations, under its own name):
 
     ```python
     cfg = CamelsCmdConfig(name="mock_IllustrisTNG_LH_n100", suite="IllustrisTNG",

@@ -90,7 +90,7 @@ def write_fake_cmd_files(
     Returns:
         Dict `"stellar_mass"`, `"dark_matter"`, `"params"` -> written path.
 
-    Example:
+    Examples:
 
     >>> paths = write_fake_cmd_files("/tmp/cmd", "SIMBA", "CV", num_simulations=2)  # doctest: +SKIP
     """

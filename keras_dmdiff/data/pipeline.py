@@ -9,7 +9,7 @@ they are deterministic (full maps, or fixed crops).
 Only TensorFlow ops run inside the pipeline, so it feeds `keras.Model.fit` on any backend
 (TensorFlow or JAX). Maps stay in physical units; normalisation belongs to the model.
 
-Example:
+Examples:
 
 ```python
 from keras_dmdiff.data import make_dataset
@@ -71,7 +71,7 @@ def load_split(
         A `tf.data.Dataset` of feature dicts (`stellar_mass`, `dark_matter` [256, 256]
         float32, `params` [6], `simulation`, `map_index`).
 
-    Example:
+    Examples:
 
     >>> ds = load_split("camels_cmd/IllustrisTNG_LH", "validation",
     ...                 data_dir="/tmp/tfds", manual_dir="/data/CMD")  # doctest: +SKIP
@@ -110,7 +110,7 @@ def apply_symmetry(image: tf.Tensor, k) -> tf.Tensor:
     Returns:
         The transformed tensor.
 
-    Example:
+    Examples:
 
     >>> apply_symmetry(tf.reshape(tf.range(4), (2, 2)), 1).numpy().tolist()
     [[1, 3], [0, 2]]
@@ -142,7 +142,7 @@ def periodic_crop(image: tf.Tensor, offset, crop_size: int) -> tf.Tensor:
     Returns:
         Tensor [crop_size, crop_size, ...].
 
-    Example:
+    Examples:
 
     >>> periodic_crop(tf.reshape(tf.range(9), (3, 3)), (2, 2), 2).numpy().tolist()
     [[8, 6], [2, 0]]
@@ -182,7 +182,7 @@ def augment_pair(
     Returns:
         The transformed pair `(stellar_mass, dark_matter)`.
 
-    Example:
+    Examples:
 
     >>> x, y = augment_pair(tf.zeros((256, 256)), tf.ones((256, 256)), seed=[1, 2],
     ...                     crop_size=64)
@@ -295,7 +295,7 @@ def make_dataset(
     Raises:
         ValueError: Invalid arguments or elements without the two fields.
 
-    Example:
+    Examples:
 
     >>> ds = make_dataset(tf.data.Dataset.from_tensor_slices(
     ...     (tf.zeros((4, 256, 256)), tf.ones((4, 256, 256)))),
