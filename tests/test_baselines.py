@@ -151,3 +151,11 @@ def test_stellar_tracer_errors():
         stellar_tracer(stars[:1], -1.0)
     with pytest.raises(ValueError, match="non-negative"):
         stellar_tracer(-stars, 1.0)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from keras_dmdiff import baselines
+
+    assert doctest.testmod(baselines, extraglobs={"np": np}).failed == 0

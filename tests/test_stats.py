@@ -328,3 +328,14 @@ def test_peak_centres_are_separated_and_sorted():
     c = peak_centres(m, 3, min_separation=1.0, box_size=L)
     dx = L / n
     np.testing.assert_allclose(c, (np.array([[10, 10], [40, 50], [63, 0]]) + 0.5) * dx)
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    # importlib: the package attribute `power_spectrum` is the function, not the module.
+    for name in ("power_spectrum", "maps", "calibration"):
+        module = importlib.import_module(f"keras_dmdiff.stats.{name}")
+        result = doctest.testmod(module, extraglobs={"np": np})
+        assert result.failed == 0, module.__name__

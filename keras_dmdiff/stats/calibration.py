@@ -31,8 +31,11 @@ BIAS_TOLERANCE = 0.05
 
 
 def _samples_truth(samples, truth, sample_axis):
-    s = np.asarray(samples, dtype=np.float64)
-    t = np.asarray(truth, dtype=np.float64)
+    # No float64 copy: samples of many maps are large, comparisons need none.
+    s = np.asarray(samples)
+    t = np.asarray(truth)
+    if not (np.issubdtype(s.dtype, np.number) and np.issubdtype(t.dtype, np.number)):
+        raise ValueError("`samples` and `truth` must be numeric arrays.")
     if s.ndim < 1:
         raise ValueError("`samples` must have a sample axis.")
     s = np.moveaxis(s, sample_axis, 0)
@@ -132,12 +135,14 @@ def _expected_coverage(lo, hi, levels):
     `[lo, hi]` with that interval divided by `hi - lo`. Deterministic, and
     free of the `1/(S+1)` discreteness of a plain rank test.
     """
-    lo = np.ravel(lo)[None, :]
-    hi = np.ravel(hi)[None, :]
-    a = 0.5 - levels[:, None] / 2
-    b = 0.5 + levels[:, None] / 2
-    overlap = np.clip(np.minimum(hi, b) - np.maximum(lo, a), 0.0, None)
-    return np.mean(overlap / (hi - lo), axis=1)
+    lo = np.ravel(lo)
+    hi = np.ravel(hi)
+    out = np.empty(len(levels))
+    for i, level in enumerate(levels):  # one level at a time: features can be many
+        a, b = 0.5 - level / 2, 0.5 + level / 2
+        overlap = np.clip(np.minimum(hi, b) - np.maximum(lo, a), 0.0, None)
+        out[i] = np.mean(overlap / (hi - lo))
+    return out
 
 
 def interval_coverage(samples, truth, levels=DEFAULT_LEVELS, sample_axis=0):
