@@ -1,0 +1,279 @@
+"""Write mock simulations as the exact files of the CAMELS Multifield Dataset.
+
+`write_cmd_files` produces, for a suite S and set X,
+`Maps_Mstar_S_X_z=0.00.npy`, `Maps_Mcdm_S_X_z=0.00.npy` (float32,
+[num_sims * 15, map_size, map_size]) and `params_X_S.txt`, so the one TFDS
+builder path reads mock and real data alike.
+
+Work is split per simulation: each is written to its own shard
+`out_dir/.mock_work/<S>_<X>/sim_00012.npz` (temp file + os.replace, so a shard
+is either complete or absent), simulations run in parallel processes
+("spawn" context), and a killed run restarted with the same arguments skips
+the finished shards. The final .npy files are assembled through memory maps
+and renamed into place at the end.
+"""
+
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from keras_dmdiff.mock import suites
+from keras_dmdiff.mock.generate import generate_simulation
+
+__all__ = ["write_cmd_files", "cmd_file_names", "simulation_seed"]
+
+_SHARD_VERSION = 1
+_FIELDS = ("Mstar", "Mcdm")
+
+
+def cmd_file_names(suite, set_name, field_names=_FIELDS):
+    """The CMD file names for a suite and set.
+
+    Examples:
+        >>> cmd_file_names("SIMBA", "CV")
+        {'Mstar': 'Maps_Mstar_SIMBA_CV_z=0.00.npy', 'Mcdm': 'Maps_Mcdm_SIMBA_CV_z=0.00.npy', 'params': 'params_CV_SIMBA.txt'}
+    """
+    names = {f: f"Maps_{f}_{suite}_{set_name}_z=0.00.npy" for f in field_names}
+    names["params"] = f"params_{set_name}_{suite}.txt"
+    return names
+
+
+def simulation_seed(seed, table_seed):
+    """Seed of one simulation: SeedSequence([seed, table_seed]).
+
+    The table's own seed column (the CAMELS initial-condition seed) is used
+    rather than the row index so that, as in CAMELS, all 1P simulations share
+    their initial conditions (seed 67) and differ only by the parameter
+    varied, while LH and CV rows all differ.
+
+    Examples:
+        >>> simulation_seed(0, 5).entropy
+        [0, 5]
+    """
+    return np.random.SeedSequence([int(seed), int(table_seed)])
+
+
+def _validate(suite, set_name, num_sims, grid_size, map_size, box_size, num_steps, workers, field_names):
+    suites.get_suite(suite)
+    if set_name not in suites.SETS:
+        raise ValueError(f"Unknown set {set_name!r}; expected one of {list(suites.SETS)}")
+    _, params, seeds = suites.load_params(suite, set_name)
+    total = len(params)
+    if num_sims is None:
+        num_sims = total
+    if int(num_sims) != num_sims or not 1 <= num_sims <= total:
+        raise ValueError(f"num_sims must be an integer in [1, {total}] for {suite} {set_name}, got {num_sims!r}")
+    if int(grid_size) != grid_size or grid_size < 4 or grid_size % 2:
+        raise ValueError(f"grid_size must be an even integer >= 4, got {grid_size!r}")
+    if int(map_size) != map_size or map_size < 4:
+        raise ValueError(f"map_size must be an integer >= 4, got {map_size!r}")
+    if not box_size > 0:
+        raise ValueError(f"box_size must be > 0, got {box_size!r}")
+    if int(num_steps) != num_steps or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    if int(workers) != workers or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    field_names = tuple(field_names)
+    bad = [f for f in field_names if f not in _FIELDS]
+    if bad or not field_names or len(set(field_names)) != len(field_names):
+        raise ValueError(f"field_names must be distinct names from {_FIELDS}, got {field_names!r}")
+    return int(num_sims), params[: int(num_sims)], seeds[: int(num_sims)], field_names
+
+
+def _shard_ok(path, config):
+    try:
+        with np.load(path) as f:
+            return json.loads(str(f["config"])) == config
+    except Exception:  # a truncated or foreign file: recompute it
+        return False
+
+
+def _simulate_to_shard(job):
+    """Worker: one simulation -> one shard file (atomic). Returns (index, seconds)."""
+    start = time.perf_counter()
+    config = job["config"]
+    mstar, mcdm = generate_simulation(
+        np.asarray(job["params"]),
+        config["suite"],
+        grid_size=config["grid_size"],
+        map_size=config["map_size"],
+        box_size=config["box_size"],
+        num_steps=config["num_steps"],
+        seed=simulation_seed(config["seed"], job["table_seed"]),
+        slab_thickness=config["slab_thickness"],
+        slabs_per_axis=config["slabs_per_axis"],
+    )
+    path = job["path"]
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, Mstar=mstar, Mcdm=mcdm, params=np.asarray(job["params"]), config=json.dumps(config))
+    os.replace(tmp, path)
+    return job["index"], time.perf_counter() - start
+
+
+class _Progress:
+    """tqdm if available, else a line on stderr per finished simulation."""
+
+    def __init__(self, total, initial, enabled, desc):
+        self.bar = None
+        self.enabled = enabled
+        self.n, self.total, self.desc = initial, total, desc
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="sim")
+        except Exception:  # tqdm missing or broken: plain text
+            print(f"{desc}: {initial}/{total} simulations done", file=sys.stderr, flush=True)
+
+    def update(self):
+        self.n += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled:
+            print(f"{self.desc}: {self.n}/{self.total}", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def write_cmd_files(
+    out_dir,
+    suite,
+    set_name="LH",
+    num_sims=None,
+    *,
+    grid_size=128,
+    map_size=256,
+    box_size=25.0,
+    num_steps=10,
+    workers=1,
+    seed=0,
+    progress=True,
+    field_names=("Mstar", "Mcdm"),
+    slab_thickness=5.0,
+    slabs_per_axis=None,
+    keep_work=False,
+):
+    """Generate mock simulations and write them as CMD files.
+
+    Args:
+        out_dir: output folder (created).
+        suite: "IllustrisTNG", "SIMBA" or "Astrid".
+        set_name: "LH", "CV" or "1P"; rows come from the real CAMELS table
+            (see `suites.load_params` for the 1P mapping).
+        num_sims: the first `num_sims` rows of the table (None: all).
+        grid_size: particles per side (even). 128 for 25 Mpc/h.
+        map_size: pixels per side (256 in CMD).
+        box_size: box side in Mpc/h. For a large box at CMD resolution use
+            `large_box_config(100.0)` (grid 512, maps 1024^2): still 15 maps
+            per simulation (5 slabs of 5 Mpc/h per axis, one every box/5).
+        num_steps: particle-mesh steps from a = 0.1 to 1.
+        workers: parallel processes ("spawn"); 1 runs in this process.
+        seed: global seed; simulation i uses `simulation_seed(seed, table_seed_i)`.
+        progress: show a progress bar (tqdm, or text if tqdm is missing).
+        field_names: which map files to write, from ("Mstar", "Mcdm").
+        slab_thickness, slabs_per_axis: see `painting.slab_layout`.
+        keep_work: keep the per-simulation shards after assembling.
+
+    Returns:
+        dict mapping each field name and "params" to its pathlib.Path.
+
+    Raises:
+        ValueError: unknown suite or set, num_sims beyond the table, odd
+            grid_size, unknown field names, workers < 1.
+
+    Examples:
+        >>> paths = write_cmd_files("/tmp/cmd_mock", "IllustrisTNG", "CV", 1, grid_size=16,
+        ...                         map_size=32, num_steps=2, progress=False)  # doctest: +SKIP
+        >>> sorted(p.name for p in paths.values())  # doctest: +SKIP
+        ['Maps_Mcdm_IllustrisTNG_CV_z=0.00.npy', 'Maps_Mstar_IllustrisTNG_CV_z=0.00.npy', 'params_CV_IllustrisTNG.txt']
+    """
+    num_sims, params, table_seeds, field_names = _validate(
+        suite, set_name, num_sims, grid_size, map_size, box_size, num_steps, workers, field_names
+    )
+    from keras_dmdiff.mock.painting import slab_layout
+
+    starts, _ = slab_layout(box_size, slab_thickness, slabs_per_axis)
+    maps_per_sim = 3 * len(starts)
+    out_dir = pathlib.Path(out_dir)
+    work = out_dir / ".mock_work" / f"{suite}_{set_name}"
+    work.mkdir(parents=True, exist_ok=True)
+    config = {
+        "version": _SHARD_VERSION,
+        "suite": suite,
+        "set_name": set_name,
+        "grid_size": int(grid_size),
+        "map_size": int(map_size),
+        "box_size": float(box_size),
+        "num_steps": int(num_steps),
+        "seed": int(seed),
+        "slab_thickness": None if slab_thickness is None else float(slab_thickness),
+        "slabs_per_axis": None if slabs_per_axis is None else int(slabs_per_axis),
+    }
+    shard_paths = [work / f"sim_{i:05d}.npz" for i in range(num_sims)]
+    jobs = []
+    for i, path in enumerate(shard_paths):
+        cfg = dict(config, index=i)
+        if not _shard_ok(path, cfg):
+            jobs.append(
+                {"index": i, "path": str(path), "params": params[i].tolist(), "table_seed": int(table_seeds[i]), "config": cfg}
+            )
+    bar = _Progress(num_sims, num_sims - len(jobs), progress, f"mock {suite} {set_name}")
+    try:
+        if workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                _simulate_to_shard(job)
+                bar.update()
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+                futures = [pool.submit(_simulate_to_shard, job) for job in jobs]
+                for fut in concurrent.futures.as_completed(futures):
+                    fut.result()
+                    bar.update()
+    finally:
+        bar.close()
+
+    names = cmd_file_names(suite, set_name, field_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    arrays = {}
+    for field in field_names:
+        final = out_dir / names[field]
+        tmp = out_dir / (names[field] + ".tmp.npy")
+        arrays[field] = (
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_sims * maps_per_sim, map_size, map_size)),
+            tmp,
+            final,
+        )
+    for i, path in enumerate(shard_paths):
+        with np.load(path) as f:
+            for field in field_names:
+                arrays[field][0][i * maps_per_sim : (i + 1) * maps_per_sim] = f[field]
+    for field, (mm, tmp, final) in arrays.items():
+        mm.flush()
+        del mm
+        os.replace(tmp, final)
+        paths[field] = final
+    params_path = out_dir / names["params"]
+    tmp = out_dir / (names["params"] + ".tmp")
+    np.savetxt(tmp, params, fmt="%.6g")
+    os.replace(tmp, params_path)
+    paths["params"] = params_path
+    if not keep_work:
+        for path in shard_paths:
+            path.unlink(missing_ok=True)
+        for d in (work, work.parent):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+    return paths
