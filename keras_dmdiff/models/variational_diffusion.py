@@ -191,7 +191,7 @@ class VariationalDiffusion(keras.Model):
     def metrics(self):
         return super().metrics + [self.diffusion_tracker, self.latent_tracker, self.reconstruction_tracker]
 
-    def predict_step(self, data):
+    def predict(self, *args, **kwargs):
         raise NotImplementedError(
             "VariationalDiffusion draws posterior samples with `model.sample(stellar_mass, "
             "num_samples=..., num_steps=..., seed=...)`, not `predict`."

@@ -1,0 +1,91 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_dmdiff.models.layers import (
+    CircularConv2D,
+    FourierFeatures,
+    GammaEmbedding,
+    GroupNorm,
+    ResidualBlock,
+    SelfAttention,
+)
+
+
+def random(shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def test_circular_conv_matches_periodic_convolution():
+    x = random((1, 8, 8, 1))
+    conv = CircularConv2D(1, 3, use_bias=False)
+    conv.build(x.shape)
+    kernel = random((3, 3, 1, 1), seed=1)
+    conv.conv.kernel.assign(kernel)
+    out = ops.convert_to_numpy(conv(x))[0, :, :, 0]
+    expected = np.zeros((8, 8))
+    for dy in range(3):
+        for dx in range(3):
+            # Cross-correlation: out[i, j] = sum k[dy, dx] x[i + dy - 1, j + dx - 1] (wrapped).
+            expected += kernel[dy, dx, 0, 0] * np.roll(x[0, :, :, 0], (1 - dy, 1 - dx), axis=(0, 1))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_circular_conv_is_shift_equivariant():
+    x = random((2, 16, 16, 3))
+    conv = CircularConv2D(4, 5)
+    shifted = ops.convert_to_numpy(conv(np.roll(x, (3, -5), axis=(1, 2))))
+    np.testing.assert_allclose(shifted, np.roll(ops.convert_to_numpy(conv(x)), (3, -5), axis=(1, 2)), atol=1e-5)
+
+
+def test_circular_conv_rejects_even_kernel():
+    with pytest.raises(ValueError, match="odd"):
+        CircularConv2D(4, 2)
+
+
+def test_group_norm_matches_keras_group_normalization():
+    x = random((2, 8, 8, 16)) * 3 + 1
+    ours = GroupNorm(4)
+    reference = keras.layers.GroupNormalization(groups=4, epsilon=1e-5)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(reference(x)), atol=2e-4
+    )
+    with pytest.raises(ValueError, match="divisible"):
+        GroupNorm(3)(x)
+
+
+def test_attention_and_fourier_shapes_and_equivariance():
+    x = random((1, 8, 8, 16))
+    attention = SelfAttention(groups=4)
+    attention.build(x.shape)
+    attention.projection.kernel.assign(random((16, 16), seed=2))
+    out = ops.convert_to_numpy(attention(x))
+    rolled = ops.convert_to_numpy(attention(np.roll(x, 2, axis=1)))
+    np.testing.assert_allclose(rolled, np.roll(out, 2, axis=1), atol=1e-4)
+    assert FourierFeatures(6, 8)(x[..., :1]).shape == (1, 8, 8, 7)
+
+
+def test_gamma_embedding_and_residual_block():
+    embedding = GammaEmbedding(16, 32)(np.linspace(0, 1, 3).astype("float32"))
+    assert embedding.shape == (3, 32)
+    block = ResidualBlock(8, groups=4, dropout=0.0)
+    out = block([random((3, 8, 8, 4)), embedding])
+    assert out.shape == (3, 8, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        CircularConv2D(4, 3, kernel_initializer="zeros"),
+        GroupNorm(4, epsilon=1e-3),
+        GammaEmbedding(16, 32),
+        FourierFeatures(5, 7),
+        ResidualBlock(8, groups=4, dropout=0.2),
+        SelfAttention(groups=2),
+    ],
+)
+def test_layer_configs_round_trip(layer):
+    config = layer.get_config()
+    again = layer.__class__.from_config(config)
+    assert again.get_config() == config
