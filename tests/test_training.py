@@ -1,0 +1,95 @@
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from keras_dmdiff.training import TrainConfig, train
+from keras_dmdiff_datasets.camels_cmd.fake_cmd import write_fake_cmd_files
+
+
+@pytest.fixture(scope="module")
+def cmd_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmd")
+    write_fake_cmd_files(root / "manual", "IllustrisTNG", "LH", num_simulations=3, maps_per_simulation=2)
+    return {"manual_dir": str(root / "manual"), "data_dir": str(root / "tfds")}
+
+
+def tiny_config(cmd_dirs, **overrides):
+    values = dict(
+        dataset="camels_cmd/IllustrisTNG_LH",
+        preset="tiny",
+        crop_size=32,
+        batch_size=4,
+        steps=6,
+        steps_per_epoch=2,
+        checkpoint_every=2,
+        validation_batches=1,
+        learning_rate=1e-3,
+        **cmd_dirs,
+    )
+    values.update(overrides)
+    return values
+
+
+def read_history(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_train_writes_a_complete_run_folder_and_is_idempotent(cmd_dirs, tmp_path):
+    run = tmp_path / "run"
+    model = train(tiny_config(cmd_dirs), run, verbose=0)
+    for name in ("config.json", "transform.json", "history.csv", "model.keras", "done.json"):
+        assert (run / name).exists(), name
+    rows = read_history(run / "history.csv")
+    assert len(rows) == 3 and "val_loss" in rows[0]
+    assert np.isfinite(float(rows[-1]["loss"]))
+    # The transform was fitted on the training split, not left at its defaults.
+    fitted = json.loads((run / "transform.json").read_text())
+    assert model.transform.get_config() == pytest.approx(fitted)
+    # A finished run is loaded, not retrained.
+    again = train(tiny_config(cmd_dirs), run, verbose=0)
+    assert len(read_history(run / "history.csv")) == 3
+    np.testing.assert_array_equal(again.network.get_weights()[0], model.network.get_weights()[0])
+    stars = np.full((32, 32), 1e9, np.float32)
+    assert again.sample(stars, num_samples=1, num_steps=2).shape == (1, 1, 32, 32)
+
+
+class StopAfter(keras.callbacks.Callback):
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.epochs:
+            raise KeyboardInterrupt
+
+
+def test_killed_run_resumes_and_continues_the_loss_curve(cmd_dirs, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    original_fit = keras.Model.fit
+
+    def interrupted_fit(self, *args, callbacks=(), **kwargs):
+        return original_fit(self, *args, callbacks=list(callbacks) + [StopAfter(2)], **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(cmd_dirs), run, verbose=0)
+    monkeypatch.undo()
+    assert not (run / "model.keras").exists()
+    assert len(read_history(run / "history.csv")) == 2
+    train(tiny_config(cmd_dirs), run, verbose=0)
+    epochs = [int(row["epoch"]) for row in read_history(run / "history.csv")]
+    assert epochs == [0, 1, 2]  # resumed at epoch 2, not from scratch
+
+
+def test_bad_configs_are_rejected(cmd_dirs, tmp_path):
+    with pytest.raises(ValueError, match="Unknown training settings"):
+        TrainConfig.from_dict({"learning_rat": 1.0})
+    with pytest.raises(ValueError, match="multiple of `steps_per_epoch`"):
+        TrainConfig.from_dict({"steps": 5, "steps_per_epoch": 2})
+    train(tiny_config(cmd_dirs, steps=2, steps_per_epoch=2), tmp_path / "a", verbose=0)
+    with pytest.raises(ValueError, match="another configuration"):
+        train(tiny_config(cmd_dirs, steps=4, steps_per_epoch=2), tmp_path / "a", verbose=0)
