@@ -103,7 +103,7 @@ def calibrate_suite(
     suite,
     runs,
     *,
-    star_etas=(0.3, 0.5, 0.8),
+    star_etas=(0.05, 0.1, 0.2),
     dm_etas=None,
     log_norm_range=(-2.0, 2.0),
     iterations=7,

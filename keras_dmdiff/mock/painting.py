@@ -306,6 +306,14 @@ def place_stars(labels, halo_stellar_mass, density, rng, *, star_mass=1e7, core_
     return uniq, count * float(star_mass)
 
 
+def _spline_kernel(q):
+    """Cubic-spline (M4) SPH kernel shape with support q < 1 (not normalised)."""
+    q = np.asarray(q)
+    inner = 1.0 - 6.0 * q**2 + 6.0 * q**3
+    outer = 2.0 * np.clip(1.0 - q, 0.0, None) ** 3
+    return np.where(q < 0.5, inner, outer)
+
+
 def stellar_maps(
     star_pos,
     star_mass,
@@ -316,23 +324,26 @@ def stellar_maps(
     thickness,
     k_neighbours=8,
     eta=0.5,
-    sigma_range=(0.3, 1.2),
-    num_classes=4,
-    truncate=2.0,
+    h_range=(0.7, 2.0),
 ):
-    """Stellar surface density maps with a k-nearest-neighbour adaptive kernel.
+    """Stellar surface density maps with a k-nearest-neighbour SPH-like kernel.
+
+    Each star particle is spread over the pixels whose centres fall inside a
+    cubic-spline kernel of support radius h = eta x (distance to the k-th
+    nearest star particle), clipped to `h_range` pixels, and normalised so
+    its mass is conserved (all of it goes to the nearest pixel when no pixel
+    centre lies inside). Pixels that barely overlap a kernel's edge get tiny
+    but non-zero values, and pixels outside every kernel are exactly 0: like
+    the CMD Mstar maps, ~97-99 % zeros and a broad tail of small values.
 
     Args:
         star_pos: [S, 3] star-particle positions (Mpc/h).
         star_mass: [S] masses (Msun/h).
         box_size, map_size: box (Mpc/h) and pixels per side.
         starts, thickness: slab layout from `slab_layout`.
-        k_neighbours: the kernel width is eta x the distance to the k-th
-            nearest star particle (3-D, periodic).
-        eta: width scale (calibration constant).
-        sigma_range: (min, max) sigma in pixels.
-        num_classes: number of width classes.
-        truncate: Gaussian truncation in sigmas; beyond it pixels are exactly 0.
+        k_neighbours: neighbour rank for the kernel size (3-D, periodic).
+        eta: kernel size scale (calibration constant).
+        h_range: (min, max) support radius in pixels.
 
     Returns:
         [3 * S, map_size, map_size] float32 surface density, >= 0 and sparse.
@@ -341,26 +352,51 @@ def stellar_maps(
         >>> s, t = slab_layout(25.0)
         >>> m = stellar_maps(np.array([[1.0, 2.0, 3.0]]), np.array([1e9]), box_size=25.0,
         ...                  map_size=64, starts=s, thickness=t)
-        >>> m.shape, bool((m > 0).mean() < 0.05)
+        >>> m.shape, bool((m > 0).mean() < 0.01)
         ((15, 64, 64), True)
+        >>> round(float(m.sum() * (25.0 / 64) ** 2 / 3), 1)
+        1000000000.0
     """
-    n_maps = 3 * len(starts)
+    n_slabs = len(starts)
+    n_maps = 3 * n_slabs
+    out = np.zeros(n_maps * map_size * map_size)
     if len(star_pos) == 0:
-        return np.zeros((n_maps, map_size, map_size), np.float32)
+        return out.reshape(n_maps, map_size, map_size).astype(np.float32)
     pix = map_size / box_size
     k = min(k_neighbours + 1, len(star_pos))
     if k > 1:
         tree = scipy.spatial.cKDTree(star_pos, boxsize=box_size)
         dist, _ = tree.query(star_pos, k=[k])
-        sigma = eta * dist[:, 0] * pix
+        h = eta * dist[:, 0] * pix
     else:
-        sigma = np.full(len(star_pos), sigma_range[1])
-    cls, centres = _classes(sigma, sigma_range[0], sigma_range[1], num_classes)
-    maps = project_maps(star_pos, star_mass, cls, num_classes, box_size, map_size, starts, thickness)
-    out = np.zeros((n_maps, map_size, map_size))
-    for i in range(n_maps):
-        for c in range(num_classes):
-            if maps[i, c].any():
-                out[i] += scipy.ndimage.gaussian_filter(maps[i, c], centres[c], mode="wrap", truncate=truncate)
+        h = np.full(len(star_pos), h_range[1])
+    h = np.clip(h, h_range[0], h_range[1])
+    r = int(np.ceil(h_range[1]))
+    off = np.arange(-r, r + 1)
+    du, dv = np.meshgrid(off, off, indexing="ij")
+    du, dv = du.ravel(), dv.ravel()
+    for axis in range(3):
+        u_axis, v_axis = [i for i in range(3) if i != axis]
+        slab = _slab_index(star_pos[:, axis], starts, thickness)
+        keep = slab >= 0
+        u = star_pos[keep, u_axis] * pix
+        v = star_pos[keep, v_axis] * pix
+        iu = np.floor(u).astype(np.intp)
+        iv = np.floor(v).astype(np.intp)
+        hu = h[keep]
+        # Distance from each particle to the centres of the (2r+1)^2 stencil pixels.
+        cu = iu[:, None] + du[None] + 0.5
+        cv = iv[:, None] + dv[None] + 0.5
+        q = np.sqrt((cu - u[:, None]) ** 2 + (cv - v[:, None]) ** 2) / hu[:, None]
+        w = _spline_kernel(q)
+        total = w.sum(axis=1, keepdims=True)
+        empty = total[:, 0] <= 0
+        w[empty, len(du) // 2] = 1.0  # kernel between pixel centres: nearest pixel
+        total[empty] = 1.0
+        w *= star_mass[keep, None] / total
+        base = (axis * n_slabs + slab[keep])[:, None] * map_size
+        flat = (base + (iu[:, None] + du[None]) % map_size) * map_size + (iv[:, None] + dv[None]) % map_size
+        nz = w > 0
+        out += np.bincount(flat[nz], weights=w[nz], minlength=out.size)
     out *= 1.0 / (box_size / map_size) ** 2
-    return np.maximum(out, 0.0).astype(np.float32)
+    return out.reshape(n_maps, map_size, map_size).astype(np.float32)

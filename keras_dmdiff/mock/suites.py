@@ -125,10 +125,10 @@ class MockSuite:
     name: str
     shmr: object
     log_norm: float = 0.0
-    star_eta: float = 0.5
+    star_eta: float = 0.1
     k_neighbours: int = 8
-    core_fraction: float = 0.1
-    dm_eta: float = 0.6
+    core_fraction: float = 0.02
+    dm_eta: float = 0.45
     star_mass: float = 1e7
 
     def stellar_mass(self, halo_mass, params, rng):
@@ -157,9 +157,9 @@ class MockSuite:
 
 # Calibrated constants (see `keras_dmdiff.mock.calibration.calibrate_suite`).
 SUITES = {
-    "IllustrisTNG": MockSuite("IllustrisTNG", _moster),
-    "SIMBA": MockSuite("SIMBA", _behroozi),
-    "Astrid": MockSuite("Astrid", _quenched_power_law),
+    "IllustrisTNG": MockSuite("IllustrisTNG", _moster, log_norm=-0.7),
+    "SIMBA": MockSuite("SIMBA", _behroozi, log_norm=-0.4),
+    "Astrid": MockSuite("Astrid", _quenched_power_law, log_norm=0.0),
 }
 
 
