@@ -1,7 +1,7 @@
 """Named network configurations.
 
 - "paper": the network of Ono et al. 2024 (32.66 M parameters), for GPUs.
-- "cpu": a 4-level, ~2.5 M-parameter network that trains on 64x64 crops on a
+- "cpu": a 4-level, ~1.9 M-parameter network that trains on 64x64 crops on a
   2-core CPU in hours.
 - "tiny": a few thousand parameters, for tests and the quickstart.
 """
@@ -13,8 +13,8 @@ from keras_dmdiff.models.conditional_unet import ConditionalUNet
 PRESETS = {
     "paper": {},
     "cpu": {
-        "widths": [32, 64, 128, 128],
-        "bottleneck_width": 256,
+        "widths": [16, 32, 64, 128],
+        "bottleneck_width": 128,
         "blocks_per_level": 1,
         "dropout": 0.1,
         "embedding_dim": 32,

@@ -1,0 +1,268 @@
+"""The `dmdiff` command line.
+
+    dmdiff mock         write mock CAMELS (CMD) map files
+    dmdiff train        train a model (flags or a recipe's [train] table)
+    dmdiff run          run a recipe file (recipes/*.toml) end to end
+    dmdiff reconstruct  stellar-mass map(s) -> posterior dark-matter samples (HDF5 + PNG)
+    dmdiff evaluate     statistics and calibration of a model on a dataset split
+    dmdiff export       .keras model -> TensorFlow SavedModel
+    dmdiff bench        speed and memory table
+
+Every subcommand has --help. Heavy imports happen inside the subcommands, so
+`dmdiff --help` answers at once.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+
+def _add_mock(subparsers):
+    parser = subparsers.add_parser(
+        "mock",
+        help="write mock CMD files (Maps_Mstar_*, Maps_Mcdm_*, params_*)",
+        description="Run particle-mesh simulations and write their maps in exactly the CMD file format, "
+        "so the camels_cmd dataset reads them like real CAMELS files. Resumable: a killed run skips "
+        "finished simulations.",
+    )
+    parser.add_argument("--suite", default="IllustrisTNG", help="IllustrisTNG, SIMBA or Astrid (mock suite)")
+    parser.add_argument("--set", dest="set_name", default="LH", help="LH, CV or 1P parameter table")
+    parser.add_argument("--num-sims", type=int, default=None, help="first N rows of the table (default: all)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument("--grid-size", type=int, default=128, help="particles per side")
+    parser.add_argument("--map-size", type=int, default=256, help="map pixels per side")
+    parser.add_argument("--box-size", type=float, default=25.0, help="box side in Mpc/h")
+    parser.add_argument("--steps", type=int, default=10, help="particle-mesh steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_run_mock)
+
+
+def _run_mock(args):
+    from keras_dmdiff.mock import write_cmd_files
+
+    paths = write_cmd_files(
+        args.out,
+        args.suite,
+        args.set_name,
+        args.num_sims,
+        grid_size=args.grid_size,
+        map_size=args.map_size,
+        box_size=args.box_size,
+        num_steps=args.steps,
+        workers=args.workers,
+        seed=args.seed,
+        progress=True,
+    )
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+def _add_train(subparsers):
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model into a run folder (resumable)",
+        description="Train a VariationalDiffusion model. Settings come from --recipe (its [train] table) "
+        "and/or --set KEY=VALUE pairs (JSON values). Re-running resumes a killed run.",
+    )
+    parser.add_argument("--recipe", help="a recipe .toml with a [train] table")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--verbose", type=int, default=2, help="1: progress bar, 2: one line per epoch")
+    parser.set_defaults(func=_run_train)
+
+
+def _parse_settings(pairs):
+    settings = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects KEY=VALUE; got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+def _run_train(args):
+    from keras_dmdiff.recipes import load_recipe
+    from keras_dmdiff.training import train
+
+    settings = {}
+    if args.recipe:
+        settings.update(load_recipe(args.recipe).get("train", {}))
+    settings.update(_parse_settings(args.settings))
+    train(settings, args.out, verbose=args.verbose)
+    print(f"model: {pathlib.Path(args.out) / 'model.keras'}")
+
+
+def _add_run(subparsers):
+    parser = subparsers.add_parser(
+        "run",
+        help="run a recipe (recipes/*.toml) end to end",
+        description="Run every step of a recipe into one run folder beside a copy of the recipe. "
+        "Each step is resumable, so re-running continues where a killed run stopped.",
+    )
+    parser.add_argument("recipe", help="path to a recipe .toml")
+    parser.add_argument("--out", help="run folder (default: runs/<recipe name>)")
+    parser.set_defaults(func=_run_recipe)
+
+
+def _run_recipe(args):
+    from keras_dmdiff.recipes import run_recipe
+
+    out = run_recipe(args.recipe, args.out)
+    print(f"run folder: {out}")
+
+
+def _add_reconstruct(subparsers):
+    parser = subparsers.add_parser(
+        "reconstruct",
+        help="posterior dark-matter samples for stellar-mass maps",
+        description="Read physical stellar-mass maps ((Msun/h)/(Mpc/h)^2; .npy [H,W] or [B,H,W], or .h5 "
+        "with --dataset) and write posterior dark-matter samples [B, S, H, W] to HDF5, plus a PNG.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("maps", nargs="?", help=".npy or .h5 file of stellar-mass maps")
+    source.add_argument("--example", action="store_true", help="use the example map shipped with the package")
+    parser.add_argument("--dataset", default="stellar_mass", help="dataset name inside an .h5 input")
+    parser.add_argument("--model", help=".keras file or SavedModel folder (default: the shipped model)")
+    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=250, help="reverse-diffusion steps")
+    parser.add_argument("--sampler", default="ancestral", help="ancestral or ddim")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="reconstruction.h5", help="output HDF5 file")
+    parser.add_argument("--png", help="also write a figure here (default: next to --out)")
+    parser.add_argument("--no-png", action="store_true", help="do not write a figure")
+    parser.set_defaults(func=_run_reconstruct)
+
+
+def _run_reconstruct(args):
+    from keras_dmdiff.reconstruct import reconstruct
+
+    outputs = reconstruct(
+        maps=None if args.example else args.maps,
+        example=args.example,
+        h5_dataset=args.dataset,
+        model=args.model,
+        num_samples=args.num_samples,
+        num_steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        out=args.out,
+        png=None if args.no_png else (args.png or os.path.splitext(args.out)[0] + ".png"),
+    )
+    for name, path in outputs.items():
+        print(f"{name}: {path}")
+
+
+def _add_evaluate(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="statistics and calibration of a model on a dataset split",
+        description="Draw posterior samples for every map of a split and write metrics.json, samples.h5 "
+        "and figures (P(k) ratio, r(k), PDFs, coverage, rank histograms) into --out.",
+    )
+    parser.add_argument("--model", required=True, help=".keras file or SavedModel folder")
+    parser.add_argument("--dataset", default="camels_cmd/IllustrisTNG_LH", help="TFDS name")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--data-dir", help="TFDS data dir")
+    parser.add_argument("--manual-dir", help="folder of the CMD files")
+    parser.add_argument("--num-samples", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--sampler", default="ancestral")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-maps", type=int, default=None)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args):
+    from keras_dmdiff.evaluation import run_evaluation
+
+    run_evaluation(
+        args.model,
+        args.dataset,
+        args.split,
+        args.out,
+        num_samples=args.num_samples,
+        num_steps=args.steps,
+        seed=args.seed,
+        sampler=args.sampler,
+        max_maps=args.max_maps,
+        data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
+    )
+    print(f"metrics: {pathlib.Path(args.out) / 'metrics.json'}")
+
+
+def _add_export(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="export a .keras model as a TensorFlow SavedModel",
+        description="Write a SavedModel whose `sample(stellar_mass, num_samples, num_steps, seed)` endpoint "
+        "maps physical stellar mass [B,H,W] to physical dark matter [B,S,H,W]; it loads with "
+        "tf.saved_model.load alone (no keras).",
+    )
+    parser.add_argument("--model", required=True, help=".keras file")
+    parser.add_argument("--out", required=True, help="SavedModel folder")
+    parser.set_defaults(func=_run_export)
+
+
+def _run_export(args):
+    import keras
+
+    from keras_dmdiff.export import export_saved_model
+
+    model = keras.saving.load_model(args.model)
+    export_saved_model(model, args.out)
+    print(f"SavedModel: {args.out}")
+
+
+def _add_bench(subparsers):
+    parser = subparsers.add_parser(
+        "bench",
+        help="speed and memory benchmark table",
+        description="Measure training and sampling throughput and peak memory at several map sizes, with "
+        "the machine's float32 matmul peak measured in the same run.",
+    )
+    parser.add_argument("--preset", default="paper", help="network preset")
+    parser.add_argument("--sizes", default="64,128,256", help="comma-separated map sizes")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", dest="json_path", help="also write the table as JSON here")
+    parser.set_defaults(func=_run_bench)
+
+
+def _run_bench(args):
+    from keras_dmdiff.bench import run_bench
+
+    sizes = [int(size) for size in args.sizes.split(",") if size]
+    run_bench(preset=args.preset, sizes=sizes, repeats=args.repeats, json_path=args.json_path)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="dmdiff",
+        description="Posterior dark-matter maps from stellar-mass maps (conditional variational diffusion).",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_mock, _add_train, _add_run, _add_reconstruct, _add_evaluate, _add_export, _add_bench):
+        add(subparsers)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"dmdiff {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

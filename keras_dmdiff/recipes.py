@@ -1,0 +1,135 @@
+"""Declarative experiment recipes (recipes/*.toml), run step by step in one folder.
+
+A recipe is a TOML file with a `description` and an ordered list of `[[steps]]`
+tables, each with a `kind`:
+
+    mock      write mock CMD files        (keras_dmdiff.mock.write_cmd_files)
+    train     train a model               (keras_dmdiff.training.train)
+    evaluate  statistics and calibration  (keras_dmdiff.evaluation.run_evaluation)
+    export    SavedModel                  (keras_dmdiff.export.export_saved_model)
+
+Relative paths inside a step are relative to the run folder, so a run folder is
+self-contained: the copy of the recipe, the data it generated, the model, the
+metrics and the figures. Every step is resumable, so re-running a recipe after
+a kill continues where it stopped.
+
+Example:
+    >>> run_recipe("recipes/quickstart.toml", "runs/quickstart")
+"""
+
+import pathlib
+import shutil
+import time
+import tomllib
+
+RUN_STEP_KINDS = ("mock", "train", "evaluate", "export")
+
+
+def load_recipe(path):
+    """Reads and checks a recipe file; returns its dict."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No recipe at {path}.")
+    with open(path, "rb") as handle:
+        try:
+            recipe = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path} is not valid TOML: {error}") from error
+    for index, step in enumerate(recipe.get("steps", [])):
+        kind = step.get("kind")
+        if kind not in RUN_STEP_KINDS:
+            raise ValueError(f"{path}: step {index} has kind {kind!r}; expected one of {RUN_STEP_KINDS}.")
+    return recipe
+
+
+def _resolve(run_dir, value):
+    if value is None:
+        return None
+    path = pathlib.Path(value).expanduser()
+    return str(path if path.is_absolute() else run_dir / path)
+
+
+def _step_mock(step, run_dir):
+    from keras_dmdiff.mock import write_cmd_files
+
+    write_cmd_files(
+        _resolve(run_dir, step["out"]),
+        step.get("suite", "IllustrisTNG"),
+        step.get("set", "LH"),
+        step.get("num_sims"),
+        grid_size=step.get("grid_size", 128),
+        map_size=step.get("map_size", 256),
+        box_size=step.get("box_size", 25.0),
+        num_steps=step.get("pm_steps", 10),
+        workers=step.get("workers", 1),
+        seed=step.get("seed", 0),
+        progress=True,
+    )
+
+
+def _step_train(step, run_dir):
+    from keras_dmdiff.training import train
+
+    settings = {k: v for k, v in step.items() if k not in ("kind", "out")}
+    settings["data_dir"] = _resolve(run_dir, settings.get("data_dir", "tfds"))
+    settings["manual_dir"] = _resolve(run_dir, settings.get("manual_dir"))
+    train(settings, _resolve(run_dir, step.get("out", "train")), verbose=step.get("verbose", 2))
+
+
+def _step_evaluate(step, run_dir):
+    from keras_dmdiff.evaluation import run_evaluation
+
+    run_evaluation(
+        _resolve(run_dir, step.get("model", "train/model.keras")),
+        step.get("dataset", "camels_cmd/IllustrisTNG_LH"),
+        step.get("split", "test"),
+        _resolve(run_dir, step.get("out", "evaluate")),
+        num_samples=step.get("num_samples", 16),
+        num_steps=step.get("num_steps", 250),
+        seed=step.get("seed", 0),
+        sampler=step.get("sampler", "ancestral"),
+        max_maps=step.get("max_maps"),
+        data_dir=_resolve(run_dir, step.get("data_dir", "tfds")),
+        manual_dir=_resolve(run_dir, step.get("manual_dir")),
+    )
+
+
+def _step_export(step, run_dir):
+    import keras
+
+    from keras_dmdiff.export import export_saved_model
+
+    out = pathlib.Path(_resolve(run_dir, step.get("out", "saved_model")))
+    if (out / "saved_model.pb").exists():
+        return
+    model = keras.saving.load_model(_resolve(run_dir, step.get("model", "train/model.keras")))
+    export_saved_model(model, out)
+
+
+_STEPS = {"mock": _step_mock, "train": _step_train, "evaluate": _step_evaluate, "export": _step_export}
+
+
+def run_recipe(path, out_dir=None):
+    """Runs every step of a recipe into `out_dir` (default runs/<recipe name>).
+
+    Args:
+        path: the recipe .toml.
+        out_dir: the run folder; a copy of the recipe is kept in it.
+
+    Returns:
+        The run folder as a pathlib.Path.
+    """
+    path = pathlib.Path(path)
+    recipe = load_recipe(path)
+    run_dir = pathlib.Path(out_dir or pathlib.Path("runs") / path.stem)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    copy = run_dir / "recipe.toml"
+    if copy.exists() and copy.read_bytes() != path.read_bytes():
+        raise ValueError(f"{run_dir} was made by another version of the recipe ({copy}); use a new folder.")
+    shutil.copyfile(path, copy)
+    for index, step in enumerate(recipe.get("steps", [])):
+        start = time.time()
+        print(f"[{path.stem}] step {index + 1}/{len(recipe['steps'])}: {step['kind']}", flush=True)
+        _STEPS[step["kind"]](step, run_dir)
+        print(f"[{path.stem}] step {step['kind']} done in {time.time() - start:.0f} s", flush=True)
+    return run_dir
