@@ -1,0 +1,315 @@
+import json
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from keras_dmdiff.baselines import ConditionalMeanBaseline
+from keras_dmdiff.evaluation import (
+    CONDITIONAL_MEAN,
+    REGRESSION_UNET,
+    STELLAR_TRACER,
+    as_sampler,
+    collect_maps,
+    evaluate,
+    run_evaluation,
+)
+from keras_dmdiff.models import VariationalDiffusion, network_from_preset
+from keras_dmdiff.regression import RegressionUNet
+from keras_dmdiff_datasets.camels_cmd.fake_cmd import fake_maps, write_fake_cmd_files
+
+numpy_only = pytest.mark.backend_independent
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A problem whose posterior is known: log10 Sigma = mu + 0.1 N(0, 1).
+
+    mu is a smooth field tied to the stars (they sit on its peaks); a sampler
+    that knows mu and draws with width 0.1 is exactly calibrated.
+    """
+    stars, base = fake_maps(6, map_size=64, seed=1)
+    mu = np.log10(base.astype(np.float64))
+    rng = np.random.default_rng(0)
+    truth = (10.0 ** (mu + 0.1 * rng.standard_normal(mu.shape))).astype(np.float32)
+    train = fake_maps(6, map_size=64, seed=2)
+    return {"stars": stars, "mu": mu, "truth": truth, "train": train}
+
+
+def gaussian_sampler(toy, width, calls=None):
+    """Draws 10 ** (mu + width N(0, 1)) for the maps it is given."""
+    index = {s.tobytes(): i for i, s in enumerate(toy["stars"])}
+
+    def draw(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral"):
+        if calls is not None:
+            calls.append([index[s.tobytes()] for s in stellar_mass])
+        rng = np.random.default_rng(seed)
+        mu = toy["mu"][[index[s.tobytes()] for s in stellar_mass]][:, None]
+        noise = rng.standard_normal((len(mu), num_samples) + mu.shape[2:])
+        return (10.0 ** (mu + width * noise)).astype(np.float32)
+
+    return draw
+
+
+def oracle_sampler(toy):
+    """Returns the truth times 10 ** (1e-4 N(0, 1)): a perfect reconstruction."""
+    index = {s.tobytes(): i for i, s in enumerate(toy["stars"])}
+
+    def draw(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral"):
+        rng = np.random.default_rng(seed)
+        truth = toy["truth"][[index[s.tobytes()] for s in stellar_mass]][:, None].astype(np.float64)
+        noise = rng.standard_normal((len(truth), num_samples) + truth.shape[2:])
+        return (truth * 10.0 ** (1e-4 * noise)).astype(np.float32)
+
+    return draw
+
+
+def finite_leaves(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from finite_leaves(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from finite_leaves(value)
+    elif isinstance(tree, float):
+        yield tree
+
+
+@numpy_only
+def test_oracle_sampler_gets_perfect_scores_and_beats_the_baselines(toy):
+    metrics = evaluate(
+        oracle_sampler(toy),
+        (toy["stars"], toy["truth"]),
+        num_samples=4,
+        num_steps=1,
+        train_batches=toy["train"],
+        progress=False,
+    )
+    summary = metrics["summary"]
+    r = np.array(metrics["cross_correlation"]["diffusion_posterior_mean"]["mean"])
+    ratio = np.array(metrics["power_ratio"]["diffusion_samples"]["mean"])
+    assert np.all(r > 0.9999)
+    np.testing.assert_allclose(ratio, 1.0, atol=1e-3)
+    assert summary["power_ratio_error_k_lt_10"]["diffusion_samples"] < 1e-3
+    assert summary["cross_correlation_1_k_5"]["diffusion_posterior_mean"] > 0.9999
+    assert summary["mse_dex2"]["diffusion_posterior_mean"] < 1e-6
+    np.testing.assert_allclose(metrics["pdf"]["diffusion_samples"], metrics["pdf"]["truth"], atol=0.05)
+    # The metrics are not vacuous: the baselines score visibly worse.
+    for name in (STELLAR_TRACER, CONDITIONAL_MEAN):
+        assert summary["cross_correlation_1_k_5"][name] < 0.95
+        assert summary["power_ratio_error_k_lt_10"][name] > 0.1
+        assert summary["mse_dex2"][name] > 0.01
+    assert metrics["baselines"] == [CONDITIONAL_MEAN, STELLAR_TRACER]
+
+
+@numpy_only
+@pytest.mark.parametrize(
+    "width, verdict",
+    [(0.1, "calibrated"), (0.04, "under-dispersed"), (0.25, "over-dispersed")],
+)
+def test_calibration_tells_a_calibrated_posterior_from_a_miscalibrated_one(toy, width, verdict):
+    metrics = evaluate(
+        gaussian_sampler(toy, width),
+        (toy["stars"], toy["truth"]),
+        num_samples=16,
+        num_steps=1,
+        baselines=[],
+        progress=False,
+    )
+    summary = metrics["summary"]
+    assert summary["verdict"] == verdict
+    if verdict == "calibrated":
+        assert summary["coverage_error"] < 0.03
+        for level, value in summary["coverage"].items():
+            assert value == pytest.approx(float(level.rstrip("%")) / 100, abs=0.03)
+        # A calibrated posterior also reproduces the power spectrum.
+        assert summary["power_ratio_error_k_lt_10"]["diffusion_samples"] < 0.05
+    else:
+        assert summary["coverage_error"] > 0.1
+
+
+@numpy_only
+def test_evaluate_writes_the_output_folder_and_resumes_without_resampling(toy, tmp_path):
+    calls = []
+    out = tmp_path / "eval"
+    data = (toy["stars"][:4], toy["truth"][:4])
+    kwargs = dict(num_samples=3, num_steps=7, seed=5, maps_per_call=1, progress=False)
+    metadata = {"model_path": "toy", "dataset": "fake", "split": "test"}
+
+    # A run that dies while sampling map 2 keeps maps 0 and 1.
+    draw = gaussian_sampler(toy, 0.1, calls)
+
+    def dies_on_map_2(stellar_mass, **kw):
+        if np.array_equal(stellar_mass[0], toy["stars"][2]):
+            raise KeyboardInterrupt
+        return draw(stellar_mass, **kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(dies_on_map_2, data, out_dir=out, metadata=metadata, **kwargs)
+    assert calls == [[0], [1]]
+    with h5py.File(out / "samples.h5") as f:
+        assert f["done"][:].tolist() == [True, True, False, False]
+
+    # The rerun samples only the missing maps, then writes everything.
+    calls.clear()
+    metrics = evaluate(draw, data, out_dir=out, metadata=metadata, train_batches=toy["train"], **kwargs)
+    assert calls == [[2], [3]]
+    names = {p.name for p in out.iterdir()}
+    assert {"metrics.json", "samples.h5", "maps.png", "power_spectrum.png", "cross_correlation.png",
+            "pdf.png", "coverage.png", "rank_histograms.png"} <= names
+    assert all((out / name).stat().st_size > 5000 for name in metrics["figures"])
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    for key in ("summary", "k", "power_spectrum", "power_ratio", "cross_correlation", "pdf",
+                "mse_dex2", "calibration", "metadata", "settings", "figures"):
+        assert key in on_disk, key
+    summary = on_disk["summary"]
+    for key in ("power_ratio_error_k_lt_10", "cross_correlation_1_k_5", "mse_dex2"):
+        assert set(summary[key]) >= {"diffusion_samples", "diffusion_posterior_mean",
+                                     STELLAR_TRACER, CONDITIONAL_MEAN}
+    assert summary["verdict"] in ("calibrated", "biased", "over-dispersed", "under-dispersed")
+    assert set(on_disk["calibration"]) == {"pixels", "power_spectrum", "aperture_masses", "tarp"}
+    leaves = list(finite_leaves(summary))
+    assert leaves and all(np.isfinite(leaves))
+
+    with h5py.File(out / "samples.h5") as f:
+        assert f["samples"].shape == (4, 3, 64, 64) and f["samples"].dtype == np.float32
+        assert f["samples"].compression == "gzip"
+        np.testing.assert_array_equal(f["stellar_mass"][:], data[0])
+        np.testing.assert_array_equal(f["dark_matter_true"][:], data[1])
+        attrs = dict(f.attrs)
+        # Samples are those of an uninterrupted run (seeds per map).
+        expected = draw(data[0][3:4], num_samples=3, seed=int(_group_seed(5, 3)))
+        np.testing.assert_array_equal(f["samples"][3], expected[0])
+    assert attrs["model_path"] == "toy" and attrs["split"] == "test" and attrs["dataset"] == "fake"
+    assert attrs["seed"] == 5 and attrs["num_steps"] == 7 and attrs["num_samples"] == 3
+    assert attrs["sampler"] == "ancestral"
+    for key in ("keras_dmdiff_version", "backend", "date"):
+        assert attrs[key]
+
+    # A finished run samples nothing; more maps sample only the new ones.
+    calls.clear()
+    evaluate(draw, data, out_dir=out, metadata=metadata, figures=False, **kwargs)
+    assert calls == []
+    evaluate(draw, (toy["stars"][:5], toy["truth"][:5]), out_dir=out, figures=False, **kwargs)
+    assert calls == [[4]]
+    # Other settings or other maps must not silently mix with stored samples.
+    with pytest.raises(ValueError, match="seed"):
+        evaluate(draw, data, out_dir=out, **{**kwargs, "seed": 6})
+    with pytest.raises(ValueError, match="other maps"):
+        evaluate(draw, (toy["stars"][1:5], toy["truth"][1:5]), out_dir=out, **kwargs)
+
+
+def _group_seed(seed, start):
+    from keras_dmdiff.evaluation import _group_seed as group_seed
+
+    return group_seed(seed, start)
+
+
+@numpy_only
+def test_evaluate_rejects_bad_samplers_and_inputs(toy):
+    data = (toy["stars"][:2], toy["truth"][:2])
+
+    def wrong_shape(stellar_mass, num_samples=1, **kwargs):
+        return np.ones((len(stellar_mass), num_samples, 8, 8), np.float32) * 1e10
+
+    def nan_maps(stellar_mass, num_samples=1, **kwargs):
+        return np.full((len(stellar_mass), num_samples) + stellar_mass.shape[1:], np.nan, np.float32)
+
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(wrong_shape, data, num_samples=2, progress=False)
+    with pytest.raises(ValueError, match="non-finite"):
+        evaluate(nan_maps, data, num_samples=2, progress=False)
+    with pytest.raises(ValueError, match="Unknown baseline"):
+        evaluate(oracle_sampler(toy), data, baselines=["nope"], progress=False)
+    with pytest.raises(ValueError, match="train_batches"):
+        evaluate(oracle_sampler(toy), data, baselines=[CONDITIONAL_MEAN], progress=False)
+    with pytest.raises(TypeError):
+        as_sampler(42)
+    with pytest.raises(ValueError, match="No maps"):
+        collect_maps([])
+    stars, dm = collect_maps([data, data], max_maps=3)
+    assert stars.shape == (3, 64, 64)
+
+
+def test_tiny_diffusion_model_and_regression_unet_through_evaluate(toy, tmp_path):
+    stars, truth = fake_maps(3, map_size=32, seed=4)
+    keras.utils.set_random_seed(0)
+    model = VariationalDiffusion(network=network_from_preset("tiny"), seed=0).adapt(stars, truth)
+    regression = RegressionUNet(network=network_from_preset("tiny")).adapt(stars, truth)
+    regression.build()
+    # An untrained regression U-Net predicts a flat map (zero-initialised output
+    # conv), whose r(k) is undefined: give it some output weights.
+    for weight in regression.network.conv_out.weights:
+        weight.assign(0.1 * np.random.default_rng(0).standard_normal(weight.shape))
+    fitted = ConditionalMeanBaseline(box_size=25.0).fit(*toy["train"])
+    metrics = evaluate(
+        model,
+        (stars, truth),
+        num_samples=2,
+        num_steps=3,
+        baselines={STELLAR_TRACER: STELLAR_TRACER, CONDITIONAL_MEAN: fitted, REGRESSION_UNET: regression},
+        out_dir=tmp_path / "eval",
+        figures=False,
+        progress=False,
+    )
+    for name in ("diffusion_samples", "diffusion_posterior_mean", STELLAR_TRACER, CONDITIONAL_MEAN,
+                 REGRESSION_UNET):
+        assert np.isfinite(metrics["summary"]["mse_dex2"][name]), name
+        assert np.isfinite(metrics["summary"]["cross_correlation_1_k_5"][name]), name
+    with h5py.File(tmp_path / "eval" / "samples.h5") as f:
+        samples = f["samples"][:]
+        assert f.attrs["backend"] == keras.backend.backend()
+    # The stored samples are the model's, seeded per map.
+    direct = model.sample(stars[:1], num_samples=2, num_steps=3, seed=_group_seed(0, 0))
+    np.testing.assert_allclose(samples[0], direct[0], rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def cmd_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmd")
+    write_fake_cmd_files(root / "manual", "IllustrisTNG", "LH", num_simulations=3, maps_per_simulation=2)
+    return {"manual_dir": str(root / "manual"), "data_dir": str(root / "tfds")}
+
+
+def test_run_evaluation_from_keras_files_on_a_tfds_split(cmd_dirs, tmp_path):
+    stars, truth = fake_maps(2, map_size=32, seed=5)
+    keras.utils.set_random_seed(0)
+    model = VariationalDiffusion(network=network_from_preset("tiny"), seed=0).adapt(stars, truth)
+    model.build()
+    model.save(tmp_path / "model.keras")
+    regression = RegressionUNet(network=network_from_preset("tiny")).adapt(stars, truth)
+    regression.build()
+    regression.save(tmp_path / "regression.keras")
+    out = tmp_path / "eval"
+    metrics = run_evaluation(
+        tmp_path / "model.keras",
+        "camels_cmd/IllustrisTNG_LH",
+        "test",
+        out,
+        num_samples=2,
+        num_steps=2,
+        seed=1,
+        max_maps=3,
+        crop_size=32,
+        max_train_maps=8,
+        regression_model_path=tmp_path / "regression.keras",
+        progress=False,
+        **cmd_dirs,
+    )
+    assert metrics["settings"]["num_maps"] == 3
+    assert metrics["settings"]["box_size"] == pytest.approx(25.0 * 32 / 256)
+    assert metrics["baselines"] == [CONDITIONAL_MEAN, REGRESSION_UNET, STELLAR_TRACER]
+    assert metrics["metadata"]["model_class"] == "VariationalDiffusion"
+    assert (out / "metrics.json").exists() and (out / "maps.png").exists()
+    with h5py.File(out / "samples.h5") as f:
+        assert f["samples"].shape == (3, 2, 32, 32)
+        assert f.attrs["dataset"] == "camels_cmd/IllustrisTNG_LH" and f.attrs["split"] == "test"
+        assert f.attrs["model_path"].endswith("model.keras")
+    with pytest.raises(ValueError, match="RegressionUNet"):
+        run_evaluation(
+            tmp_path / "model.keras", "camels_cmd/IllustrisTNG_LH", "test", tmp_path / "other",
+            num_samples=2, num_steps=2, max_maps=1, crop_size=32,
+            regression_model_path=tmp_path / "model.keras", progress=False, **cmd_dirs,
+        )
