@@ -1,0 +1,102 @@
+import h5py
+import numpy as np
+import pytest
+
+from keras_dmdiff import cli
+from keras_dmdiff.models import VariationalDiffusion, network_from_preset
+
+SUBCOMMANDS = ["mock", "train", "run", "reconstruct", "evaluate", "export", "bench"]
+
+
+def test_help_for_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    top = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert name in top
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: dmdiff " + name in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    model = VariationalDiffusion(network=network_from_preset("tiny"), seed=0)
+    model.build()
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model.save(path)
+    return path
+
+
+def stellar_maps(count=2, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return ((rng.random((count, size, size)) < 0.05) * 1e10).astype("float32")
+
+
+def test_reconstruct_writes_samples_and_figure(tiny_model_path, tmp_path, capsys):
+    maps_path = tmp_path / "stars.npy"
+    np.save(maps_path, stellar_maps())
+    out = tmp_path / "out" / "dm.h5"
+    code = cli.main(
+        ["reconstruct", str(maps_path), "--model", str(tiny_model_path), "--num-samples", "3", "--steps", "4", "--out", str(out)]
+    )
+    assert code == 0
+    assert (tmp_path / "out" / "dm.png").stat().st_size > 10_000
+    with h5py.File(out) as handle:
+        assert handle["samples"].shape == (2, 3, 32, 32)
+        assert handle["posterior_mean"].shape == (2, 32, 32)
+        assert np.all(handle["samples"][...] > 0)
+        assert handle.attrs["num_steps"] == 4 and handle.attrs["units"] == "(Msun/h)/(Mpc/h)^2"
+    # The same from an HDF5 input, without a figure.
+    h5_input = tmp_path / "stars.h5"
+    with h5py.File(h5_input, "w") as handle:
+        handle["maps"] = stellar_maps(1)
+    out2 = tmp_path / "dm2.h5"
+    assert cli.main(["reconstruct", str(h5_input), "--dataset", "maps", "--model", str(tiny_model_path),
+                     "--num-samples", "1", "--steps", "2", "--out", str(out2), "--no-png"]) == 0
+    assert out2.exists() and not (tmp_path / "dm2.png").exists()
+
+
+@pytest.mark.parametrize(
+    "maps, message",
+    [
+        (np.full((32, 32), np.nan, np.float32), "NaN"),
+        (np.full((32, 32), 2.0, np.float32), "log10-scaled"),
+        (np.full((30, 32), 1e9, np.float32), "multiples"),
+    ],
+)
+def test_reconstruct_reports_bad_maps(tiny_model_path, tmp_path, capsys, maps, message):
+    path = tmp_path / "bad.npy"
+    np.save(path, maps)
+    code = cli.main(["reconstruct", str(path), "--model", str(tiny_model_path), "--steps", "2", "--out", str(tmp_path / "x.h5")])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_reconstruct_reports_missing_files(tiny_model_path, tmp_path, capsys):
+    assert cli.main(["reconstruct", str(tmp_path / "nope.npy"), "--model", str(tiny_model_path)]) == 2
+    assert "No stellar-mass file" in capsys.readouterr().err
+    np.save(tmp_path / "ok.npy", stellar_maps(1))
+    assert cli.main(["reconstruct", str(tmp_path / "ok.npy"), "--model", str(tmp_path / "missing.keras")]) == 2
+    assert "No model at" in capsys.readouterr().err
+
+
+def test_mock_then_train_from_the_command_line(tmp_path):
+    data = tmp_path / "data"
+    assert cli.main(["mock", "--suite", "SIMBA", "--set", "LH", "--num-sims", "3", "--grid-size", "32",
+                     "--steps", "3", "--out", str(data)]) == 0
+    stars = np.load(data / "Maps_Mstar_SIMBA_LH_z=0.00.npy", mmap_mode="r")
+    assert stars.shape == (45, 256, 256)
+    run = tmp_path / "run"
+    settings = {
+        "dataset": "camels_cmd/SIMBA_LH", "manual_dir": str(data), "data_dir": str(tmp_path / "tfds"),
+        "preset": "tiny", "crop_size": 32, "batch_size": 4, "steps": 2, "steps_per_epoch": 2,
+        "validation_batches": 1,
+    }
+    args = ["train", "--out", str(run), "--verbose", "0"]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={value}"]
+    assert cli.main(args) == 0
+    assert (run / "model.keras").exists() and (run / "history.csv").exists()
