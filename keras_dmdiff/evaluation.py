@@ -79,9 +79,10 @@ def as_sampler(sampler_or_model, batch_size=16):
         sampler_or_model: a model with a `sample` method (`VariationalDiffusion`),
             or a callable with the signature
             `(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral")`
-            returning numpy physical maps `[B, S, H, W]` (e.g. the function that
-            `keras_dmdiff.export.load_exported` returns).
-        batch_size: network batch size passed to `model.sample`.
+            returning numpy physical maps `[B, S, H, W]` (e.g. the
+            `ExportedSampler` that `keras_dmdiff.export.load_exported` returns).
+        batch_size: network batch size passed to `model.sample`, or to a
+            callable that takes a `batch_size` keyword.
 
     Returns:
         The sampling function.
@@ -108,11 +109,34 @@ def as_sampler(sampler_or_model, batch_size=16):
 
         return draw
     if callable(sampler_or_model):
+        if _accepts_keyword(sampler_or_model, "batch_size"):  # e.g. export.ExportedSampler
+
+            def draw_batched(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral"):
+                return sampler_or_model(
+                    stellar_mass,
+                    num_samples=num_samples,
+                    num_steps=num_steps,
+                    seed=seed,
+                    sampler=sampler,
+                    batch_size=batch_size,
+                )
+
+            return draw_batched
         return sampler_or_model
     raise TypeError(
         f"Expected a model with a `sample` method or a sampling function, got "
         f"{type(sampler_or_model).__name__}."
     )
+
+
+def _accepts_keyword(function, name):
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters  # not **kwargs: a wrapper may forward them anywhere
 
 
 def load_sampler(model_path, batch_size=16):
@@ -136,13 +160,8 @@ def load_sampler(model_path, batch_size=16):
     if path.is_dir():
         if not (path / "saved_model.pb").exists():
             raise ValueError(f"{path} is a folder without saved_model.pb: not a SavedModel.")
-        try:
-            from keras_dmdiff import export
-        except ImportError as error:  # pragma: no cover - until export.py lands
-            raise ValueError(
-                "Loading a SavedModel needs keras_dmdiff.export.load_exported, which is "
-                "not available in this installation; evaluate the .keras file instead."
-            ) from error
+        from keras_dmdiff import export
+
         loaded = export.load_exported(os.fspath(path))
         return as_sampler(loaded, batch_size), loaded
     if path.suffix != ".keras":

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dmdiff.baselines import ConditionalMeanBaseline
+from keras_dmdiff.baselines import ConditionalMeanBaseline, periodic_gaussian_smooth
 from keras_dmdiff.evaluation import (
     CONDITIONAL_MEAN,
     REGRESSION_UNET,
@@ -233,29 +233,25 @@ def test_evaluate_rejects_bad_samplers_and_inputs(toy):
     assert stars.shape == (3, 64, 64)
 
 
-def test_tiny_diffusion_model_and_regression_unet_through_evaluate(toy, tmp_path):
+def test_tiny_diffusion_model_through_evaluate(toy, tmp_path):
     stars, truth = fake_maps(3, map_size=32, seed=4)
     keras.utils.set_random_seed(0)
     model = VariationalDiffusion(network=network_from_preset("tiny"), seed=0).adapt(stars, truth)
-    regression = RegressionUNet(network=network_from_preset("tiny")).adapt(stars, truth)
-    regression.build()
-    # An untrained regression U-Net predicts a flat map (zero-initialised output
-    # conv), whose r(k) is undefined: give it some output weights.
-    for weight in regression.network.conv_out.weights:
-        weight.assign(0.1 * np.random.default_rng(0).standard_normal(weight.shape))
     fitted = ConditionalMeanBaseline(box_size=25.0).fit(*toy["train"])
     metrics = evaluate(
         model,
         (stars, truth),
         num_samples=2,
         num_steps=3,
-        baselines={STELLAR_TRACER: STELLAR_TRACER, CONDITIONAL_MEAN: fitted, REGRESSION_UNET: regression},
+        # (a), the regression U-Net, runs in test_run_evaluation_from_keras_files...
+        baselines={STELLAR_TRACER: STELLAR_TRACER, CONDITIONAL_MEAN: fitted,
+                   "smoothed_stars": lambda s: 1e10 + periodic_gaussian_smooth(s, 1.0)},
         out_dir=tmp_path / "eval",
         figures=False,
         progress=False,
     )
     for name in ("diffusion_samples", "diffusion_posterior_mean", STELLAR_TRACER, CONDITIONAL_MEAN,
-                 REGRESSION_UNET):
+                 "smoothed_stars"):
         assert np.isfinite(metrics["summary"]["mse_dex2"][name]), name
         assert np.isfinite(metrics["summary"]["cross_correlation_1_k_5"][name]), name
     with h5py.File(tmp_path / "eval" / "samples.h5") as f:
@@ -313,3 +309,25 @@ def test_run_evaluation_from_keras_files_on_a_tfds_split(cmd_dirs, tmp_path):
             num_samples=2, num_steps=2, max_maps=1, crop_size=32,
             regression_model_path=tmp_path / "model.keras", progress=False, **cmd_dirs,
         )
+
+
+def test_exported_saved_model_evaluates_like_its_keras_model(tmp_path):
+    from keras_dmdiff.evaluation import load_sampler
+    from keras_dmdiff.export import export_saved_model
+
+    stars, truth = fake_maps(2, map_size=32, seed=6)
+    keras.utils.set_random_seed(0)
+    model = VariationalDiffusion(network=network_from_preset("tiny"), seed=0).adapt(stars, truth)
+    model.build()
+    export_saved_model(model, tmp_path / "savedmodel", samplers=("ancestral",))
+    draw, loaded = load_sampler(tmp_path / "savedmodel", batch_size=4)
+    assert type(loaded).__name__ == "ExportedSampler"
+    kwargs = dict(num_samples=2, num_steps=2, seed=3, baselines=[], figures=False, progress=False)
+    exported = evaluate(draw, (stars, truth), out_dir=tmp_path / "a", sample_batch_size=4, **kwargs)
+    direct = evaluate(model, (stars, truth), out_dir=tmp_path / "b", sample_batch_size=4, **kwargs)
+    with h5py.File(tmp_path / "a" / "samples.h5") as fa, h5py.File(tmp_path / "b" / "samples.h5") as fb:
+        np.testing.assert_allclose(fa["samples"][:], fb["samples"][:], rtol=1e-4)
+    assert exported["summary"]["mse_dex2"] == pytest.approx(direct["summary"]["mse_dex2"], rel=1e-3)
+    with pytest.raises(ValueError, match="SavedModel"):
+        (tmp_path / "empty").mkdir()
+        load_sampler(tmp_path / "empty")
