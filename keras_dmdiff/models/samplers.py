@@ -14,6 +14,8 @@ SeedGenerator, which cannot vary per call inside a compiled function).
 import keras
 from keras import ops
 
+from keras_dmdiff.models.layers import wrap_pad
+
 
 def stateless_normal(shape, seed, counter):
     """Standard normal noise from an integer tensor seed and a step counter.
@@ -73,6 +75,62 @@ def ddim_step(z_t, eps_hat, gamma_t, gamma_s, noise):
 
 
 SAMPLERS = {"ancestral": ancestral_step, "ddim": ddim_step}
+
+
+def tiled_denoiser(denoise, tile_size, margin, tile_batch=1):
+    """Wraps a denoiser so that it runs on overlapping periodic tiles.
+
+    The map is cut into tile_size x tile_size cores, each extended by `margin`
+    pixels on every side (wrapping around the periodic box), denoised, and the
+    cores are stitched back. The network sees at most `tile_batch` tiles at a
+    time (a loop, not parallel branches), so memory is bounded by the tile size
+    whatever the map size. With a margin of the network's receptive field the
+    result equals the whole-map one except for the global attention context.
+
+    Args:
+        denoise: callable (z, condition, gamma_normalised) -> eps_hat.
+        tile_size: side of the tile cores; must divide H and W.
+        margin: context pixels on each side of a core.
+        tile_batch: tiles per network call.
+
+    Returns:
+        A callable with the signature of `denoise`, for inputs of static H, W.
+    """
+
+    def tiled(z, condition, gamma_normalised):
+        batch = ops.shape(z)[0]
+        height, width = z.shape[1], z.shape[2]
+        if height % tile_size or width % tile_size:
+            raise ValueError(f"tile_size {tile_size} must divide the map size {height}x{width}.")
+        rows, cols = height // tile_size, width // tile_size
+        window = tile_size + 2 * margin
+        padded = wrap_pad(ops.concatenate([z, condition], axis=-1), margin)
+        tiles = ops.concatenate(
+            [
+                padded[:, i * tile_size : i * tile_size + window, j * tile_size : j * tile_size + window]
+                for i in range(rows)
+                for j in range(cols)
+            ],
+            axis=0,
+        )  # [rows * cols * B, window, window, 2], tile-major
+        num_tiles = rows * cols
+        group = max(g for g in range(1, min(tile_batch, num_tiles) + 1) if num_tiles % g == 0)
+        gamma_group = ops.tile(gamma_normalised, (group,))
+
+        def body(index, cores):
+            start = index * group * batch
+            chunk = ops.slice(tiles, (start, 0, 0, 0), (group * batch, window, window, 2))
+            eps = denoise(chunk[..., :1], chunk[..., 1:], gamma_group)
+            core = eps[:, margin : margin + tile_size, margin : margin + tile_size]
+            return ops.slice_update(cores, (start, 0, 0, 0), core)
+
+        cores = ops.fori_loop(0, num_tiles // group, body, ops.zeros((num_tiles * batch, tile_size, tile_size, 1)))
+        cores = ops.reshape(cores, (rows, cols, batch, tile_size, tile_size, 1))
+        cores = ops.transpose(cores, (2, 0, 3, 1, 4, 5))
+        return ops.reshape(cores, (batch, height, width, 1))
+
+    return tiled
+
 
 
 def get_step(sampler):

@@ -9,7 +9,7 @@ from keras import ops
 from keras_dmdiff.models.conditional_unet import ConditionalUNet
 from keras_dmdiff.models.layers import PACKAGE
 from keras_dmdiff.models.noise_schedules import get_schedule
-from keras_dmdiff.models.samplers import SAMPLERS, alpha_sigma, run_sampler
+from keras_dmdiff.models.samplers import SAMPLERS, alpha_sigma, run_sampler, tiled_denoiser
 from keras_dmdiff.transforms import MapTransform, validate_maps
 
 
@@ -198,13 +198,16 @@ class VariationalDiffusion(keras.Model):
         )
 
     # ------------------------------------------------------------------ sampling
-    def _sampler_function(self, sampler, num_steps):
-        key = (sampler, num_steps)
+    def _sampler_function(self, sampler, num_steps, tiling=None):
+        key = (sampler, num_steps, tiling)
         if key in self._compiled_samplers:
             return self._compiled_samplers[key]
 
         def denoise(z, condition, gamma_normalised):
             return self.network([z, condition, gamma_normalised], training=False)
+
+        if tiling is not None:
+            denoise = tiled_denoiser(denoise, *tiling)
 
         def draw(condition, seed):
             return run_sampler(denoise, self.schedule, condition, seed, num_steps, sampler)
@@ -215,7 +218,8 @@ class VariationalDiffusion(keras.Model):
 
             on_gpu = bool(tf.config.list_logical_devices("GPU"))
             # XLA helps on GPU and was measured slower on CPU (DESIGN.md 7).
-            function = tf.function(draw, jit_compile=on_gpu, reduce_retracing=True)
+            # Tiling needs static H and W, so it traces once per map shape.
+            function = tf.function(draw, jit_compile=on_gpu, reduce_retracing=tiling is None)
         elif backend == "jax":
             import jax
 
@@ -234,7 +238,18 @@ class VariationalDiffusion(keras.Model):
         self._compiled_samplers[key] = function
         return function
 
-    def sample(self, stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral", batch_size=16):
+    def sample(
+        self,
+        stellar_mass,
+        num_samples=1,
+        num_steps=250,
+        seed=0,
+        sampler="ancestral",
+        batch_size=16,
+        tile_size=None,
+        tile_margin=32,
+        tile_batch=1,
+    ):
         """Draws posterior dark-matter maps for physical stellar-mass maps.
 
         Args:
@@ -245,6 +260,11 @@ class VariationalDiffusion(keras.Model):
             seed: int; the same seed gives the same samples.
             sampler: "ancestral" (the reference) or "ddim" (deterministic).
             batch_size: maps per network call; bounds memory.
+            tile_size: None to denoise whole maps; else run the network on
+                overlapping periodic tiles of this size at every step, so
+                memory stays bounded for large maps (e.g. 2048x2048).
+            tile_margin: context pixels around each tile (a multiple of stride / 2).
+            tile_batch: tiles per network call.
 
         Returns:
             numpy float32 [B, num_samples, H, W] physical dark matter.
@@ -255,6 +275,14 @@ class VariationalDiffusion(keras.Model):
             raise ValueError("num_samples, num_steps and batch_size must be >= 1.")
         if not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an int; got {type(seed).__name__}.")
+        tiling = None
+        if tile_size is not None:
+            if tile_size % self.stride or (2 * tile_margin) % self.stride or tile_margin < 0:
+                raise ValueError(
+                    f"tile_size ({tile_size}) must be a multiple of the stride {self.stride} and "
+                    f"tile_margin ({tile_margin}) a non-negative multiple of {self.stride // 2 or 1}."
+                )
+            tiling = (int(tile_size), int(tile_margin), int(tile_batch))
         maps = validate_maps(
             keras.ops.convert_to_numpy(stellar_mass) if not isinstance(stellar_mass, np.ndarray) else stellar_mass,
             "stellar_mass",
@@ -263,8 +291,10 @@ class VariationalDiffusion(keras.Model):
         if not self.built:
             self.build()
         count, height, width = maps.shape
+        if tiling is not None and (height % tiling[0] or width % tiling[0]):
+            raise ValueError(f"tile_size {tiling[0]} must divide the map size {height}x{width}.")
         repeated = np.repeat(maps, num_samples, axis=0)
-        draw = self._sampler_function(sampler, int(num_steps))
+        draw = self._sampler_function(sampler, int(num_steps), tiling)
         outputs = []
         for chunk, start in enumerate(range(0, len(repeated), batch_size)):
             condition = self(repeated[start : start + batch_size])
