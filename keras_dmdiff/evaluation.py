@@ -64,6 +64,10 @@ REGRESSION_UNET = "regression_unet"
 POWER_RATIO_K_MAX = 10.0
 CROSS_CORRELATION_K_RANGE = (1.0, 5.0)
 
+# Cap on the pooled pixel features of the calibration statistics (memory:
+# num_samples x this many float32).
+MAX_PIXEL_FEATURES = 500_000
+
 SAMPLES_FILE = "samples.h5"
 METRICS_FILE = "metrics.json"
 
@@ -91,8 +95,8 @@ def as_sampler(sampler_or_model, batch_size=16):
         TypeError: if the object can neither sample nor be called.
 
     Examples:
-        >>> draw = as_sampler(model)
-        >>> draw(stars, num_samples=4, num_steps=50, seed=0).shape   # [B, 4, H, W]
+        >>> draw = as_sampler(model)  # doctest: +SKIP
+        >>> draw(stars, num_samples=4, num_steps=50, seed=0).shape   # [B, 4, H, W]  # doctest: +SKIP
     """
     sample = getattr(sampler_or_model, "sample", None)
     if callable(sample):
@@ -199,7 +203,7 @@ def collect_maps(dataset_batches, max_maps=None):
             dark matter, negative stellar mass, NaN.
 
     Examples:
-        >>> stars, dm = collect_maps(make_dataset("camels_cmd/mock_IllustrisTNG_LH",
+        >>> stars, dm = collect_maps(make_dataset("camels_cmd/mock_IllustrisTNG_LH",  # doctest: +SKIP
         ...                                       split="test"), max_maps=10)
     """
     if max_maps is not None and int(max_maps) < 1:
@@ -543,7 +547,8 @@ def evaluate(
         train_batches: training maps (same forms as `dataset_batches`) to fit
             the conditional-mean baseline on; never the test maps.
         regression_model: a trained `RegressionUNet` (baseline (a)).
-        max_maps: evaluate at most this many test maps.
+        max_maps: evaluate at most this many test maps (the first ones; a
+            resumed `samples.h5` keeps any further maps it already holds).
         max_train_maps: at most this many training maps for baseline (b).
         out_dir: folder for `metrics.json`, `samples.h5` and the figures; also
             enables resuming. None: a temporary folder, deleted at the end.
@@ -553,7 +558,8 @@ def evaluate(
         maps_per_call: maps per sampler call (and per resume step); default
             `max(1, sample_batch_size // num_samples)`.
         pixels_per_map: pixels per map (random, fixed by `seed`) used for the
-            pixel calibration statistics; bounds memory.
+            pixel calibration statistics; bounds memory (at most
+            `MAX_PIXEL_FEATURES` pixels are pooled over all maps).
         num_apertures: apertures per map, centred on the brightest stellar
             pixels (chosen from the conditioning data, so the selection does not
             bias the ranks).
@@ -580,9 +586,9 @@ def evaluate(
             an existing `samples.h5` written with other settings or maps.
 
     Examples:
-        >>> metrics = evaluate(model, (stars, dm), num_samples=8, num_steps=100,
+        >>> metrics = evaluate(model, (stars, dm), num_samples=8, num_steps=100,  # doctest: +SKIP
         ...                    train_batches=(train_stars, train_dm), out_dir="eval")
-        >>> metrics["summary"]["cross_correlation_1_k_5"]
+        >>> metrics["summary"]["cross_correlation_1_k_5"]  # doctest: +SKIP
         {'diffusion_posterior_mean': 0.93, 'diffusion_samples': 0.88,
          'stellar_tracer': 0.85, 'conditional_mean': 0.89}
     """
@@ -700,7 +706,7 @@ def _measure(store, stars, dm, baselines, settings, progress, pixels_per_map,
     nk = len(k)
     pdf_edges = stats.DEFAULT_LOG10_SIGMA_BINS
     radius = min(1.0, box / 8) if aperture_radius is None else float(aperture_radius)
-    pixels = min(int(pixels_per_map), size * size)
+    pixels = min(int(pixels_per_map), size * size, max(16, MAX_PIXEL_FEATURES // n))
     example_index = int(np.clip(example_index, 0, n - 1))
 
     predictions = {name: _predict_baseline(b, stars, dm) for name, b in baselines.items()}
@@ -934,7 +940,7 @@ def run_evaluation(
         The metrics dict (also written to `out_dir/metrics.json`).
 
     Examples:
-        >>> run_evaluation("runs/cpu/model.keras", "camels_cmd/mock_IllustrisTNG_LH", "test",
+        >>> run_evaluation("runs/cpu/model.keras", "camels_cmd/mock_IllustrisTNG_LH", "test",  # doctest: +SKIP
         ...                "eval/cpu", num_samples=10, num_steps=100, max_maps=20)
     """
     from keras_dmdiff.data import make_dataset

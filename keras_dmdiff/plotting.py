@@ -10,9 +10,9 @@ Units on the axes: k [h/Mpc], P(k) [(Mpc/h)^2], log10 Sigma
 [(Msun/h)/(Mpc/h)^2], positions [Mpc/h].
 
 Examples:
-    >>> import json
-    >>> metrics = json.load(open("eval/metrics.json"))
-    >>> plot_cross_correlation(metrics).savefig("r.png", dpi=120)
+    >>> import json  # doctest: +SKIP
+    >>> metrics = json.load(open("eval/metrics.json"))  # doctest: +SKIP
+    >>> plot_cross_correlation(metrics).savefig("r.png", dpi=120)  # doctest: +SKIP
 """
 
 import os
@@ -340,7 +340,7 @@ def save_figures(metrics, example, out_dir, dpi=110):
         The list of file names written (relative to `out_dir`).
 
     Examples:
-        >>> save_figures(metrics, None, "eval/")
+        >>> save_figures(metrics, None, "eval/")  # doctest: +SKIP
         ['power_spectrum.png', 'cross_correlation.png', 'pdf.png', ...]
     """
     folder = pathlib.Path(os.fspath(out_dir))

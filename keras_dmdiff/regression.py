@@ -48,13 +48,13 @@ class RegressionUNet(keras.Model):
         `predict_maps` for physical maps.
 
     Examples:
-        >>> from keras_dmdiff.models import network_from_preset
-        >>> model = RegressionUNet(network=network_from_preset("tiny"))
-        >>> model.adapt(stars, dm)
-        >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
-        >>> model.fit(stars, dm, batch_size=8, epochs=5)
-        >>> model.predict_maps(stars[:2]).shape    # [2, H, W], physical units
-        >>> model.save("regression.keras")
+        >>> from keras_dmdiff.models import network_from_preset  # doctest: +SKIP
+        >>> model = RegressionUNet(network=network_from_preset("tiny"))  # doctest: +SKIP
+        >>> model.adapt(stars, dm)  # doctest: +SKIP
+        >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))  # doctest: +SKIP
+        >>> model.fit(stars, dm, batch_size=8, epochs=5)  # doctest: +SKIP
+        >>> model.predict_maps(stars[:2]).shape    # [2, H, W], physical units  # doctest: +SKIP
+        >>> model.save("regression.keras")  # doctest: +SKIP
     """
 
     def __init__(self, network=None, transform=None, **kwargs):
@@ -123,7 +123,7 @@ class RegressionUNet(keras.Model):
             numpy float32 [B, H, W] in (Msun/h)/(Mpc/h)^2.
 
         Examples:
-            >>> model.predict_maps(np.full((64, 64), 1e9)).shape
+            >>> model.predict_maps(np.full((64, 64), 1e9)).shape  # doctest: +SKIP
             (1, 64, 64)
         """
         maps = validate_maps(
