@@ -47,7 +47,7 @@ def alpha_sigma(gamma):
     return ops.sqrt(ops.sigmoid(-gamma)), ops.sqrt(ops.sigmoid(gamma))
 
 
-def ancestral_step(z_t, eps_hat, gamma_t, gamma_s, noise):
+def ancestral_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
     """One draw from p(z_s | z_t) (Kingma et al. 2021, eq. 32), s < t.
 
     Args:
@@ -55,6 +55,11 @@ def ancestral_step(z_t, eps_hat, gamma_t, gamma_s, noise):
         eps_hat: network's noise prediction at (z_t, t).
         gamma_t, gamma_s: log-SNR^-1 at t and at the next, less noisy time s.
         noise: standard normal of z_t's shape.
+        history: multistep state (x_hat of the previous step, its log-SNR
+            half-step, whether it exists); passed through unchanged here.
+
+    Returns:
+        (z_s, history).
     """
     alpha_s_sq = ops.sigmoid(-gamma_s)
     alpha_t_sq = ops.sigmoid(-gamma_t)
@@ -62,19 +67,87 @@ def ancestral_step(z_t, eps_hat, gamma_t, gamma_s, noise):
     sigma_t = ops.sqrt(ops.sigmoid(gamma_t))
     mean = ops.sqrt(alpha_s_sq / alpha_t_sq) * (z_t - sigma_t * c * eps_hat)
     scale = ops.sqrt((1.0 - alpha_s_sq) * c)
-    return mean + scale * noise
+    return mean + scale * noise, history
 
 
-def ddim_step(z_t, eps_hat, gamma_t, gamma_s, noise):
+def ddim_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
     """Deterministic DDIM step: jump to the predicted x at s along the same eps."""
     del noise
     alpha_t, sigma_t = alpha_sigma(gamma_t)
     alpha_s, sigma_s = alpha_sigma(gamma_s)
     x_hat = (z_t - sigma_t * eps_hat) / alpha_t
-    return alpha_s * x_hat + sigma_s * eps_hat
+    return alpha_s * x_hat + sigma_s * eps_hat, history
 
 
-SAMPLERS = {"ancestral": ancestral_step, "ddim": ddim_step}
+def dpm_solver_2m_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
+    """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep, data prediction.
+
+    In log-SNR lambda = -gamma / 2 with step h = lambda_s - lambda_t, it
+    extrapolates the data prediction linearly from the previous step, which
+    makes it accurate with 10-25 network evaluations. The first step is
+    first order (it is DDIM).
+    """
+    del noise
+    x_previous, h_previous, has_previous = history
+    alpha_t, sigma_t = alpha_sigma(gamma_t)
+    alpha_s, sigma_s = alpha_sigma(gamma_s)
+    x_hat = (z_t - sigma_t * eps_hat) / alpha_t
+    h = 0.5 * (gamma_t - gamma_s)
+    # Guarded so the unused branch of the first step never divides by zero.
+    half_inverse_ratio = 0.5 * h / ops.where(has_previous > 0, h_previous, h)
+    corrected = (1.0 + half_inverse_ratio) * x_hat - half_inverse_ratio * x_previous
+    data = ops.where(has_previous > 0, corrected, x_hat)
+    z_s = (sigma_s / sigma_t) * z_t - alpha_s * ops.expm1(-h) * data
+    return z_s, (x_hat, h, ops.ones_like(has_previous))
+
+
+SAMPLERS = {"ancestral": ancestral_step, "ddim": ddim_step, "dpm_solver_2m": dpm_solver_2m_step}
+
+
+def get_step(sampler):
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}.")
+    return SAMPLERS[sampler]
+
+
+def run_sampler(denoise, schedule, condition, seed, num_steps, sampler="ancestral"):
+    """Draws z_0 / alpha_0 given the condition, in the network's normalised space.
+
+    Args:
+        denoise: callable (z_t, condition, gamma_normalised [B]) -> eps_hat.
+        schedule: noise schedule layer, gamma(t).
+        condition: [B, H, W, 1] normalised stellar-mass maps.
+        seed: int32 scalar tensor seed.
+        num_steps: number of uniform steps from t=1 to t=0: a Python int or an
+            int32 scalar tensor (an exported endpoint takes it at run time).
+        sampler: a name in `SAMPLERS`.
+
+    Returns:
+        [B, H, W, 1] samples of the normalised target.
+    """
+    step = get_step(sampler)
+    gamma_0 = schedule(ops.zeros(()))
+    gamma_1 = schedule(ops.ones(()))
+    batch = ops.shape(condition)[0]
+    total = ops.cast(num_steps, "float32")
+    z = stateless_normal(ops.shape(condition), seed, num_steps)
+    history = (ops.zeros_like(z), ops.zeros(()), ops.zeros(()))
+
+    def body(i, state):
+        z, history = state
+        # i counts 0..num_steps-1; the step goes from t to s = t - 1/N.
+        t = (total - ops.cast(i, "float32")) / total
+        s = (total - ops.cast(i, "float32") - 1.0) / total
+        gamma_t = schedule(t)
+        gamma_s = schedule(s)
+        gamma_normalised = ops.ones((batch,)) * ((gamma_t - gamma_0) / (gamma_1 - gamma_0))
+        eps_hat = denoise(z, condition, gamma_normalised)
+        noise = stateless_normal(ops.shape(condition), seed, i)
+        return step(z, eps_hat, gamma_t, gamma_s, noise, history)
+
+    z, _ = ops.fori_loop(0, num_steps, body, (z, history))
+    alpha_0, _ = alpha_sigma(gamma_0)
+    return z / alpha_0
 
 
 def tiled_denoiser(denoise, tile_size, margin, tile_batch=1):
@@ -130,46 +203,3 @@ def tiled_denoiser(denoise, tile_size, margin, tile_batch=1):
         return ops.reshape(cores, (batch, height, width, 1))
 
     return tiled
-
-
-
-def get_step(sampler):
-    if sampler not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}.")
-    return SAMPLERS[sampler]
-
-
-def run_sampler(denoise, schedule, condition, seed, num_steps, sampler="ancestral"):
-    """Draws z_0 / alpha_0 given the condition, in the network's normalised space.
-
-    Args:
-        denoise: callable (z_t, condition, gamma_normalised [B]) -> eps_hat.
-        schedule: noise schedule layer, gamma(t).
-        condition: [B, H, W, 1] normalised stellar-mass maps.
-        seed: int32 scalar tensor seed.
-        num_steps: Python int, number of uniform steps from t=1 to t=0.
-        sampler: a name in `SAMPLERS`.
-
-    Returns:
-        [B, H, W, 1] samples of the normalised target.
-    """
-    step = get_step(sampler)
-    gamma_0 = schedule(ops.zeros(()))
-    gamma_1 = schedule(ops.ones(()))
-    batch = ops.shape(condition)[0]
-    z = stateless_normal(ops.shape(condition), seed, num_steps)
-
-    def body(i, z):
-        # i counts 0..num_steps-1; the step goes from t to s = t - 1/N.
-        t = ops.cast(num_steps - i, "float32") / num_steps
-        s = ops.cast(num_steps - i - 1, "float32") / num_steps
-        gamma_t = schedule(t)
-        gamma_s = schedule(s)
-        gamma_normalised = ops.ones((batch,)) * ((gamma_t - gamma_0) / (gamma_1 - gamma_0))
-        eps_hat = denoise(z, condition, gamma_normalised)
-        noise = stateless_normal(ops.shape(condition), seed, i)
-        return step(z, eps_hat, gamma_t, gamma_s, noise)
-
-    z = ops.fori_loop(0, num_steps, body, z)
-    alpha_0, _ = alpha_sigma(gamma_0)
-    return z / alpha_0

@@ -258,7 +258,8 @@ class VariationalDiffusion(keras.Model):
             num_samples: posterior samples per map.
             num_steps: reverse-diffusion steps from t=1 to 0.
             seed: int; the same seed gives the same samples.
-            sampler: "ancestral" (the reference) or "ddim" (deterministic).
+            sampler: "ancestral" (the reference), "ddim" (deterministic) or
+                "dpm_solver_2m" (second order, for 10-25 steps).
             batch_size: maps per network call; bounds memory.
             tile_size: None to denoise whole maps; else run the network on
                 overlapping periodic tiles of this size at every step, so
