@@ -7,6 +7,7 @@ tables, each with a `kind`:
     train     train a model               (keras_dmdiff.training.train)
     evaluate  statistics and calibration  (keras_dmdiff.evaluation.run_evaluation)
     export    SavedModel                  (keras_dmdiff.export.export_saved_model)
+    large_volume  one big mock box, whole and tiled (keras_dmdiff.large_volume)
 
 Relative paths inside a step are relative to the run folder, so a run folder is
 self-contained: the copy of the recipe, the data it generated, the model, the
@@ -22,7 +23,7 @@ import shutil
 import time
 import tomllib
 
-RUN_STEP_KINDS = ("mock", "train", "evaluate", "export")
+RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume")
 
 
 def load_recipe(path):
@@ -106,7 +107,25 @@ def _step_export(step, run_dir):
     export_saved_model(model, out)
 
 
-_STEPS = {"mock": _step_mock, "train": _step_train, "evaluate": _step_evaluate, "export": _step_export}
+def _step_large_volume(step, run_dir):
+    from keras_dmdiff.large_volume import run_large_volume
+
+    out = pathlib.Path(_resolve(run_dir, step.get("out", "large_volume")))
+    if (out / "metrics.json").exists():
+        return
+    settings = {k: v for k, v in step.items() if k not in ("kind", "model", "data", "out")}
+    if "set" in settings:
+        settings["set_name"] = settings.pop("set")
+    run_large_volume(_resolve(run_dir, step["model"]), _resolve(run_dir, step["data"]), out, **settings)
+
+
+_STEPS = {
+    "mock": _step_mock,
+    "train": _step_train,
+    "evaluate": _step_evaluate,
+    "export": _step_export,
+    "large_volume": _step_large_volume,
+}
 
 
 def run_recipe(path, out_dir=None):

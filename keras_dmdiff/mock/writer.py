@@ -25,6 +25,7 @@ import numpy as np
 
 from keras_dmdiff.mock import suites
 from keras_dmdiff.mock.generate import generate_simulation
+from keras_dmdiff import LIGHT_IMPORT_VARIABLE
 
 __all__ = ["write_cmd_files", "cmd_file_names", "simulation_seed"]
 
@@ -234,11 +235,23 @@ def write_cmd_files(
                 bar.update()
         else:
             ctx = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-                futures = [pool.submit(_simulate_to_shard, job) for job in jobs]
-                for fut in concurrent.futures.as_completed(futures):
-                    fut.result()
-                    bar.update()
+            # Workers need numpy only: spare each the Keras/TensorFlow import of
+            # `keras_dmdiff/__init__` (the variable is inherited at spawn).
+            previous = os.environ.get(LIGHT_IMPORT_VARIABLE)
+            os.environ[LIGHT_IMPORT_VARIABLE] = "1"
+            try:
+                with concurrent.futures.ProcessPoolExecutor(
+                    max_workers=min(workers, len(jobs)), mp_context=ctx
+                ) as pool:
+                    futures = [pool.submit(_simulate_to_shard, job) for job in jobs]
+                    for fut in concurrent.futures.as_completed(futures):
+                        fut.result()
+                        bar.update()
+            finally:
+                if previous is None:
+                    os.environ.pop(LIGHT_IMPORT_VARIABLE, None)
+                else:
+                    os.environ[LIGHT_IMPORT_VARIABLE] = previous
     finally:
         bar.close()
 

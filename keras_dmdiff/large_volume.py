@@ -1,0 +1,218 @@
+"""The large-volume experiment: a model trained on small boxes reconstructs a big one.
+
+The paper applies a model trained on 25 Mpc/h CAMELS boxes to a 205 Mpc/h
+volume. Here a mock box several times larger than the training box, at the
+same mass and pixel resolution, is reconstructed in two ways:
+
+- whole: the periodic network runs on the full map at every step;
+- tiled: overlapping periodic tiles of bounded size (memory independent of
+  the map size).
+
+Each way runs in its own process so that its wall time and peak resident
+memory are measured separately; the posterior statistics of both are compared
+with the truth (P(k) ratio, r(k) of the posterior mean, one-point PDF).
+"""
+
+import argparse
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _sample_in_this_process(args):
+    import keras
+
+    model = keras.saving.load_model(args.model)
+    stellar = np.load(args.stellar)
+    tiling = {}
+    if args.tile_size:
+        tiling = dict(tile_size=args.tile_size, tile_margin=args.tile_margin, tile_batch=args.tile_batch)
+    start = time.time()
+    samples = model.sample(
+        stellar,
+        num_samples=args.num_samples,
+        num_steps=args.num_steps,
+        seed=args.seed,
+        sampler=args.sampler,
+        batch_size=1,
+        **tiling,
+    )
+    seconds = time.time() - start
+    np.save(args.out, samples[0])
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_rss_gib": peak_kib / 2**20}))
+
+
+def _measure(model, stellar_path, out_path, settings, tile=None):
+    command = [
+        sys.executable,
+        "-m",
+        "keras_dmdiff.large_volume",
+        "--model",
+        str(model),
+        "--stellar",
+        str(stellar_path),
+        "--out",
+        str(out_path),
+        "--num-samples",
+        str(settings["num_samples"]),
+        "--num-steps",
+        str(settings["num_steps"]),
+        "--sampler",
+        settings["sampler"],
+        "--seed",
+        str(settings["seed"]),
+    ]
+    if tile:
+        command += ["--tile-size", str(tile[0]), "--tile-margin", str(tile[1]), "--tile-batch", str(tile[2])]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"Sampling failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _statistics(samples, truth, box_size):
+    from keras_dmdiff.stats import cross_correlation, one_point_pdf, power_ratio, power_spectrum
+
+    k, pk_true, _ = power_spectrum(truth, box_size=box_size)
+    _, pk_samples, _ = power_spectrum(samples, box_size=box_size)
+    ratio = power_ratio(pk_samples, pk_true)
+    _, r_mean, _ = cross_correlation(samples.mean(axis=0), truth, box_size=box_size)
+    centres, pdf_true = one_point_pdf(truth)
+    _, pdf_samples = one_point_pdf(samples)
+    low_k = k < 10.0
+    band = (k > 1.0) & (k < 5.0)
+    return {
+        "k": k.tolist(),
+        "power_ratio_mean": ratio["mean"].tolist(),
+        "power_ratio_low": ratio["low"].tolist(),
+        "power_ratio_high": ratio["high"].tolist(),
+        "r_posterior_mean": r_mean.tolist(),
+        "mean_abs_power_ratio_error_k_lt_10": float(np.nanmean(np.abs(ratio["mean"][low_k] - 1.0))),
+        "mean_r_1_lt_k_lt_5": float(np.nanmean(r_mean[band])),
+        "pdf_centres": centres.tolist(),
+        "pdf_true": pdf_true.tolist(),
+        "pdf_samples_mean": pdf_samples.mean(axis=0).tolist(),
+        "pdf_l1_distance": float(np.abs(pdf_samples.mean(axis=0) - pdf_true).sum() * (centres[1] - centres[0])),
+    }
+
+
+def run_large_volume(
+    model,
+    data_dir,
+    out_dir,
+    *,
+    suite="IllustrisTNG",
+    set_name="CV",
+    map_index=0,
+    box_size=100.0,
+    num_samples=2,
+    num_steps=50,
+    sampler="ancestral",
+    seed=0,
+    tile_size=256,
+    tile_margin=32,
+    tile_batch=1,
+):
+    """Reconstructs one large mock map whole and tiled, and compares both to the truth.
+
+    Args:
+        model: .keras file of a model trained on small boxes.
+        data_dir: folder with the large box's CMD files (from `dmdiff mock --box-size ...`).
+        out_dir: output folder: metrics.json, samples_whole.npy, samples_tiled.npy, figure.
+        suite, set_name: which CMD files in `data_dir`.
+        map_index: which map of the files.
+        box_size: side of the large box in Mpc/h (for k in h/Mpc).
+        num_samples, num_steps, sampler, seed: sampling settings.
+        tile_size, tile_margin, tile_batch: tiling of the tiled run.
+
+    Returns:
+        The metrics dict (also written to out_dir/metrics.json).
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = pathlib.Path(data_dir)
+    stellar = np.load(data_dir / f"Maps_Mstar_{suite}_{set_name}_z=0.00.npy", mmap_mode="r")[map_index]
+    truth = np.array(np.load(data_dir / f"Maps_Mcdm_{suite}_{set_name}_z=0.00.npy", mmap_mode="r")[map_index])
+    stellar_path = out_dir / "stellar_mass.npy"
+    np.save(stellar_path, np.asarray(stellar, np.float32))
+    settings = dict(num_samples=num_samples, num_steps=num_steps, sampler=sampler, seed=seed)
+    metrics = {
+        "map_size": int(truth.shape[0]),
+        "box_size": float(box_size),
+        "settings": settings,
+        "tiling": {"tile_size": tile_size, "tile_margin": tile_margin, "tile_batch": tile_batch},
+    }
+    for mode, tile in (("whole", None), ("tiled", (tile_size, tile_margin, tile_batch))):
+        path = out_dir / f"samples_{mode}.npy"
+        cost = _measure(model, stellar_path, path, settings, tile)
+        samples = np.load(path)
+        metrics[mode] = {**cost, **_statistics(samples, truth, box_size)}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _plot(stellar, truth, out_dir, metrics)
+    return metrics
+
+
+def _plot(stellar, truth, out_dir, metrics):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    whole = np.load(out_dir / "samples_whole.npy")
+    tiled = np.load(out_dir / "samples_tiled.npy")
+    figure, axes = plt.subplots(2, 3, figsize=(15, 9.5))
+    limits = np.percentile(np.log10(truth), [1, 99.5])
+    panels = [
+        (np.log10(np.asarray(stellar) + 1), "log10(1 + M*)", None),
+        (np.log10(truth), "truth: log10 Mcdm", limits),
+        (np.log10(whole[0]), "whole-map sample: log10 Mcdm", limits),
+        (np.log10(tiled[0]), "tiled sample: log10 Mcdm", limits),
+    ]
+    for axis, (image, title, lim) in zip(axes.flat, panels):
+        shown = axis.imshow(image, origin="lower", vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1])
+        axis.set_title(title)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        figure.colorbar(shown, ax=axis, fraction=0.046)
+    k = np.array(metrics["whole"]["k"])
+    axis = axes.flat[4]
+    for mode in ("whole", "tiled"):
+        axis.plot(k, metrics[mode]["power_ratio_mean"], label=f"{mode}")
+        axis.fill_between(k, metrics[mode]["power_ratio_low"], metrics[mode]["power_ratio_high"], alpha=0.2)
+    axis.axhline(1.0, color="k", lw=0.8)
+    axis.set(xscale="log", xlabel="k [h/Mpc]", ylabel="P_sample / P_true", title="power spectrum ratio")
+    axis.legend()
+    axis = axes.flat[5]
+    for mode in ("whole", "tiled"):
+        axis.plot(k, metrics[mode]["r_posterior_mean"], label=mode)
+    axis.set(xscale="log", xlabel="k [h/Mpc]", ylabel="r(k)", title="cross-correlation of the posterior mean", ylim=(0, 1.05))
+    axis.legend()
+    figure.suptitle(f"{metrics['box_size']:.0f} Mpc/h box, {metrics['map_size']}^2 pixels")
+    figure.tight_layout()
+    figure.savefig(out_dir / "large_volume.png", dpi=100)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Internal: sample one large map in this process.")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--stellar", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--num-samples", type=int, default=2)
+    parser.add_argument("--num-steps", type=int, default=50)
+    parser.add_argument("--sampler", default="ancestral")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tile-size", type=int, default=0)
+    parser.add_argument("--tile-margin", type=int, default=32)
+    parser.add_argument("--tile-batch", type=int, default=1)
+    _sample_in_this_process(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
