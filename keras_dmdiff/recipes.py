@@ -8,6 +8,7 @@ tables, each with a `kind`:
     evaluate  statistics and calibration  (keras_dmdiff.evaluation.run_evaluation)
     export    SavedModel                  (keras_dmdiff.export.export_saved_model)
     large_volume  one big mock box, whole and tiled (keras_dmdiff.large_volume)
+    cross_suite   every model on every suite      (keras_dmdiff.cross_suite)
 
 Relative paths inside a step are relative to the run folder, so a run folder is
 self-contained: the copy of the recipe, the data it generated, the model, the
@@ -23,7 +24,7 @@ import shutil
 import time
 import tomllib
 
-RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume")
+RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume", "cross_suite")
 
 
 def load_recipe(path):
@@ -71,7 +72,7 @@ def _step_mock(step, run_dir):
 def _step_train(step, run_dir):
     from keras_dmdiff.training import train
 
-    settings = {k: v for k, v in step.items() if k not in ("kind", "out")}
+    settings = {k: v for k, v in step.items() if k not in ("kind", "out", "verbose")}
     settings["data_dir"] = _resolve(run_dir, settings.get("data_dir", "tfds"))
     settings["manual_dir"] = _resolve(run_dir, settings.get("manual_dir"))
     train(settings, _resolve(run_dir, step.get("out", "train")), verbose=step.get("verbose", 2))
@@ -119,12 +120,27 @@ def _step_large_volume(step, run_dir):
     run_large_volume(_resolve(run_dir, step["model"]), _resolve(run_dir, step["data"]), out, **settings)
 
 
+def _step_cross_suite(step, run_dir):
+    from keras_dmdiff.cross_suite import run_cross_suite
+
+    settings = {k: v for k, v in step.items() if k not in ("kind", "models", "data", "out", "data_dir", "set")}
+    run_cross_suite(
+        {suite: _resolve(run_dir, path) for suite, path in step["models"].items()},
+        {suite: _resolve(run_dir, path) for suite, path in step["data"].items()},
+        _resolve(run_dir, step.get("out", "cross_suite")),
+        set_name=step.get("set", "LH"),
+        data_dir=_resolve(run_dir, step.get("data_dir", "tfds")),
+        **settings,
+    )
+
+
 _STEPS = {
     "mock": _step_mock,
     "train": _step_train,
     "evaluate": _step_evaluate,
     "export": _step_export,
     "large_volume": _step_large_volume,
+    "cross_suite": _step_cross_suite,
 }
 
 

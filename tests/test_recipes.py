@@ -1,0 +1,85 @@
+import json
+import pathlib
+
+import pytest
+
+from keras_dmdiff.recipes import load_recipe, run_recipe
+
+RECIPES = sorted((pathlib.Path(__file__).parent.parent / "recipes").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_shipped_recipes_are_valid(path):
+    recipe = load_recipe(path)
+    assert recipe["description"].strip()
+    assert recipe["steps"]
+
+
+def test_bad_recipes_are_rejected(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('description = "x"\n[[steps]]\nkind = "dance"\n')
+    with pytest.raises(ValueError, match="kind 'dance'"):
+        load_recipe(bad)
+    bad.write_text("description = \n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_recipe(bad)
+    with pytest.raises(FileNotFoundError):
+        load_recipe(tmp_path / "missing.toml")
+
+
+SMALL_TRAIN = """
+preset = "tiny"
+crop_size = 32
+batch_size = 4
+steps = 2
+steps_per_epoch = 2
+validation_batches = 1
+"""
+
+CROSS_SUITE = """
+description = "two suites, tiny everything"
+{mocks}
+{trains}
+[[steps]]
+kind = "cross_suite"
+num_samples = 2
+num_steps = 2
+max_maps = 1
+crop_size = 64
+[steps.models]
+IllustrisTNG = "train_IllustrisTNG/model.keras"
+SIMBA = "train_SIMBA/model.keras"
+[steps.data]
+IllustrisTNG = "data/IllustrisTNG"
+SIMBA = "data/SIMBA"
+"""
+
+
+@pytest.mark.backend_independent  # slow-ish; the pipeline is the same on both backends
+def test_cross_suite_recipe_runs_end_to_end_and_resumes(tmp_path, capsys):
+    mocks = "".join(
+        f'[[steps]]\nkind = "mock"\nsuite = "{s}"\nnum_sims = 3\ngrid_size = 32\npm_steps = 3\nout = "data/{s}"\n'
+        for s in ("IllustrisTNG", "SIMBA")
+    )
+    trains = "".join(
+        f'[[steps]]\nkind = "train"\nout = "train_{s}"\ndataset = "camels_cmd/{s}_LH"\nmanual_dir = "data/{s}"\nverbose = 0\n'
+        + SMALL_TRAIN
+        for s in ("IllustrisTNG", "SIMBA")
+    )
+    recipe = tmp_path / "cross.toml"
+    recipe.write_text(CROSS_SUITE.format(mocks=mocks, trains=trains))
+    run = run_recipe(recipe, tmp_path / "run")
+    table = json.loads((run / "cross_suite" / "table.json").read_text())
+    assert set(table) == {"IllustrisTNG", "SIMBA"} and set(table["SIMBA"]) == {"IllustrisTNG", "SIMBA"}
+    assert all(value is not None for value in table["SIMBA"]["IllustrisTNG"].values())
+    assert "| IllustrisTNG |" in (run / "cross_suite" / "table.md").read_text()
+    assert (run / "cross_suite" / "cross_suite.png").exists()
+    assert (run / "recipe.toml").read_text() == recipe.read_text()
+    # Re-running a finished recipe redoes nothing.
+    stamp = (run / "cross_suite" / "SIMBA_on_SIMBA" / "metrics.json").stat().st_mtime
+    run_recipe(recipe, tmp_path / "run")
+    assert (run / "cross_suite" / "SIMBA_on_SIMBA" / "metrics.json").stat().st_mtime == stamp
+    # A changed recipe does not silently mix into the old folder.
+    recipe.write_text(recipe.read_text().replace("num_samples = 2", "num_samples = 3"))
+    with pytest.raises(ValueError, match="another version of the recipe"):
+        run_recipe(recipe, tmp_path / "run")
