@@ -9,6 +9,7 @@ tables, each with a `kind`:
     export    SavedModel                  (keras_dmdiff.export.export_saved_model)
     large_volume  one big mock box, whole and tiled (keras_dmdiff.large_volume)
     cross_suite   every model on every suite      (keras_dmdiff.cross_suite)
+    ship      copy a finished run into saved_models/ with its card (keras_dmdiff.model_card)
 
 Relative paths inside a step are relative to the run folder, so a run folder is
 self-contained: the copy of the recipe, the data it generated, the model, the
@@ -24,7 +25,7 @@ import shutil
 import time
 import tomllib
 
-RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume", "cross_suite")
+RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume", "cross_suite", "ship")
 
 
 def load_recipe(path):
@@ -134,6 +135,18 @@ def _step_cross_suite(step, run_dir):
     )
 
 
+def _step_ship(step, run_dir):
+    from keras_dmdiff.model_card import ship_model
+
+    ship_model(
+        run_dir,
+        _resolve(run_dir, step["out"]),
+        step["name"],
+        data_description=step.get("description", ""),
+        limitations=step.get("limitations", []),
+    )
+
+
 _STEPS = {
     "mock": _step_mock,
     "train": _step_train,
@@ -141,6 +154,7 @@ _STEPS = {
     "export": _step_export,
     "large_volume": _step_large_volume,
     "cross_suite": _step_cross_suite,
+    "ship": _step_ship,
 }
 
 

@@ -87,6 +87,20 @@ def _validate(suite, set_name, num_sims, grid_size, map_size, box_size, num_step
     return int(num_sims), params[: int(num_sims)], seeds[: int(num_sims)], field_names
 
 
+def _suite_constants(suite):
+    spec = suites.get_suite(suite)
+    constants = {k: v for k, v in vars(spec).items() if isinstance(v, (int, float, str))}
+    constants["shmr"] = getattr(spec.shmr, "__name__", str(type(spec.shmr)))
+    return constants
+
+
+def _manifest_matches(path, manifest):
+    try:
+        return json.loads(path.read_text()) == json.loads(json.dumps(manifest))
+    except (OSError, ValueError):
+        return False
+
+
 def _shard_ok(path, config):
     try:
         with np.load(path) as f:
@@ -218,7 +232,15 @@ def write_cmd_files(
         "seed": int(seed),
         "slab_thickness": None if slab_thickness is None else float(slab_thickness),
         "slabs_per_axis": None if slabs_per_axis is None else int(slabs_per_axis),
+        # A recalibrated suite must not reuse maps painted with old constants.
+        "suite_constants": _suite_constants(suite),
     }
+    names = cmd_file_names(suite, set_name, field_names)
+    manifest_path = out_dir / f".mock_{suite}_{set_name}.json"
+    manifest = dict(config, num_sims=num_sims, field_names=list(field_names))
+    finished = {field: out_dir / names[field] for field in (*field_names, "params")}
+    if _manifest_matches(manifest_path, manifest) and all(path.exists() for path in finished.values()):
+        return finished
     shard_paths = [work / f"sim_{i:05d}.npz" for i in range(num_sims)]
     jobs = []
     for i, path in enumerate(shard_paths):
@@ -255,8 +277,8 @@ def write_cmd_files(
     finally:
         bar.close()
 
-    names = cmd_file_names(suite, set_name, field_names)
     out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path.unlink(missing_ok=True)
     paths = {}
     arrays = {}
     for field in field_names:
@@ -281,6 +303,7 @@ def write_cmd_files(
     np.savetxt(tmp, params, fmt="%.6g")
     os.replace(tmp, params_path)
     paths["params"] = params_path
+    manifest_path.write_text(json.dumps(manifest, indent=2))
     if not keep_work:
         for path in shard_paths:
             path.unlink(missing_ok=True)

@@ -1,0 +1,126 @@
+"""Package a finished run as a shipped model: files, metrics JSON and a model card.
+
+    saved_models/<name>/
+      model.keras       the trained model (EMA weights)
+      saved_model/      TensorFlow SavedModel (runs without keras_dmdiff)
+      metrics.json      data, training, hardware and held-out metrics
+      MODEL_CARD.md     the same, for people
+
+Everything in the card is read from the run folder (config.json, done.json,
+history.csv, the evaluation's metrics.json), never typed in by hand.
+"""
+
+import csv
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+
+import keras_dmdiff
+
+
+def _read_history(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def collect_card(run_dir, *, train="train", evaluation="evaluate", data_description="", limitations=()):
+    """Gathers the facts of a run into a JSON-serialisable dict."""
+    run_dir = pathlib.Path(run_dir)
+    config = json.loads((run_dir / train / "config.json").read_text())
+    done = json.loads((run_dir / train / "done.json").read_text())
+    history = _read_history(run_dir / train / "history.csv")
+    metrics = json.loads((run_dir / evaluation / "metrics.json").read_text())
+    last = history[-1]
+    return {
+        "name": None,
+        "keras_dmdiff_version": keras_dmdiff.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": {
+            "dataset": config["dataset"],
+            "description": data_description,
+            "split_rule": "by simulation, 80/10/10 % (train/validation/test), see camels_cmd",
+            "crop_size": config["crop_size"],
+        },
+        "training": {
+            "preset": config["preset"],
+            "parameters": done.get("parameters"),
+            "steps": config["steps"],
+            "batch_size": config["batch_size"],
+            "learning_rate": config["learning_rate"],
+            "ema_momentum": config["ema_momentum"],
+            "final_loss_bpd": float(last["loss"]),
+            "final_val_loss_bpd": float(last["val_loss"]) if last.get("val_loss") else None,
+            "wall_time_s_last_session": done.get("wall_time_s_last_session"),
+            "backend": done.get("backend"),
+            "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        },
+        "evaluation": {
+            "split": "test (held-out simulations)",
+            "settings": metrics.get("settings"),
+            "summary": metrics["summary"],
+        },
+        "limitations": list(limitations),
+    }
+
+
+def _format_value(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_format_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+def render_card(card):
+    """The model card as Markdown."""
+    lines = [f"# {card['name']}", "", card["data"]["description"], "", "## Data", ""]
+    lines += [f"- {key}: {_format_value(value)}" for key, value in card["data"].items() if key != "description"]
+    lines += ["", "## Training", ""]
+    lines += [f"- {key}: {_format_value(value)}" for key, value in card["training"].items()]
+    lines += ["", "## Held-out metrics", "", f"Evaluated on the {card['evaluation']['split']}.", ""]
+    lines += [f"- settings: {_format_value(card['evaluation']['settings'])}"]
+    lines += [f"- {key}: {_format_value(value)}" for key, value in card["evaluation"]["summary"].items()]
+    lines += ["", "## Known limits", ""] + [f"- {item}" for item in card["limitations"]]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import keras, keras_dmdiff",
+        f'model = keras.saving.load_model("saved_models/{card["name"]}/model.keras")',
+        "samples = model.sample(stellar_mass, num_samples=16, num_steps=100)  # physical maps [B, 16, H, W]",
+        "```",
+        "",
+        "or, with TensorFlow alone: `tf.saved_model.load(\"saved_model\").sample(stellar_mass, num_samples, num_steps, seed)`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def ship_model(run_dir, out_dir, name, *, train="train", evaluation="evaluate", saved_model="saved_model", **card_kwargs):
+    """Copies a finished run's model into `out_dir` with its metrics and model card.
+
+    Args:
+        run_dir: the recipe's run folder.
+        out_dir: destination, e.g. saved_models/<name>.
+        name: the model's name.
+        train, evaluation, saved_model: sub-folders of the run.
+        **card_kwargs: `data_description`, `limitations`.
+
+    Returns:
+        The destination folder.
+    """
+    run_dir, out_dir = pathlib.Path(run_dir), pathlib.Path(out_dir)
+    card = collect_card(run_dir, train=train, evaluation=evaluation, **card_kwargs)
+    card["name"] = name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / train / "model.keras", out_dir / "model.keras")
+    if (run_dir / saved_model).exists():
+        shutil.rmtree(out_dir / "saved_model", ignore_errors=True)
+        shutil.copytree(run_dir / saved_model, out_dir / "saved_model")
+    (out_dir / "metrics.json").write_text(json.dumps(card, indent=2))
+    (out_dir / "MODEL_CARD.md").write_text(render_card(card))
+    return out_dir
