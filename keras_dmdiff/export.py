@@ -1,0 +1,460 @@
+"""Export a trained `VariationalDiffusion` as a standalone TensorFlow SavedModel.
+
+The SavedModel takes *physical* stellar-mass maps and returns *physical*
+dark-matter samples; the normalisation, the noise schedule, the network and
+the reverse-diffusion loop are all inside the graph. It loads with
+`tf.saved_model.load` alone: neither keras, jax nor keras_dmdiff is needed to
+serve it. It can be written from the TensorFlow or the JAX backend (on JAX the
+sampler is converted with jax2tf and runs as one XLA computation).
+
+Endpoints of an exported model (for each exported sampler; ancestral is the
+reference sampler and has the plain names):
+
+- ``sample(stellar_mass, num_samples, num_steps, seed)``:
+  float32 [B, H, W] physical stellar mass in (Msun/h)/(Mpc/h)^2 (H, W
+  multiples of the network stride; B, H, W dynamic), int32 scalars
+  -> float32 [B, num_samples, H, W] physical dark matter.
+  ``sample_ddim`` is the same with the deterministic DDIM sampler.
+- ``draw(stellar_mass, num_steps, seed)``: one posterior sample for each of
+  N maps [N, H, W] -> [N, H, W], with `seed` used as is and *no* input
+  validation (`sample` and `load_exported` validate). It holds the sampling
+  graph; `sample` calls it, and `load_exported` calls it in chunks to
+  reproduce `VariationalDiffusion.sample` for any batch (``draw_ddim``
+  likewise).
+- ``metadata()``: a JSON string (model config, transform constants, stride,
+  samplers, versions, seed semantics). Also written to
+  ``<path>/assets.extra/keras_dmdiff.json``.
+
+Seed semantics. `model.sample(maps, num_samples, num_steps, seed)` repeats each
+map `num_samples` times, cuts the repeated batch in chunks of `batch_size`
+and seeds chunk k with ``(seed * 1_000_003 + k) mod (2**31 - 1)``. The
+`sample` endpoint runs the whole repeated batch as chunk 0, so it gives the same
+numbers as `model.sample(..., batch_size >= B * num_samples)` exported from,
+and compared on, the same backend (TensorFlow's Philox and JAX's threefry
+streams differ). `load_exported(path)(..., batch_size=16)` chunks like
+`model.sample` and so matches it for any batch.
+
+Memory: `sample` runs all B * num_samples maps as one network batch; for
+large maps or many samples use `draw` in chunks (as `load_exported` does).
+
+This module imports neither keras nor keras_dmdiff at import time: a serving
+process can load this file alone (e.g. with `importlib`) and use
+`load_exported` with TensorFlow only.
+"""
+
+import datetime
+import json
+import os
+import time
+
+import numpy as np
+
+FORMAT_VERSION = 1
+METADATA_FILE = os.path.join("assets.extra", "keras_dmdiff.json")
+# model.sample seeds chunk k with (seed * SEED_MULTIPLIER + k) mod SEED_MODULUS.
+SEED_MULTIPLIER = 1_000_003
+SEED_MODULUS = 2**31 - 1
+# Same bound as keras_dmdiff.transforms.LOG_SCALED_MAX (repeated so that this
+# module stays importable without keras).
+LOG_SCALED_MAX = 100.0
+
+
+def _endpoint_names(sampler):
+    suffix = "" if sampler == "ancestral" else f"_{sampler}"
+    return f"sample{suffix}", f"draw{suffix}"
+
+
+def _chunk_seed(seed, chunk):
+    """The seed of chunk `chunk` of `model.sample(..., seed=seed)` (numpy ints)."""
+    return np.int32((int(seed) * SEED_MULTIPLIER + int(chunk)) % SEED_MODULUS)
+
+
+def _metadata(model, samplers, backend, stride):
+    import keras
+
+    import keras_dmdiff
+
+    def jsonable(value):
+        return json.loads(json.dumps(value, default=lambda o: repr(o)))
+
+    endpoints = {}
+    for sampler in samplers:
+        sample_name, draw_name = _endpoint_names(sampler)
+        endpoints[sampler] = {"sample": sample_name, "draw": draw_name}
+    return {
+        "format": "keras_dmdiff.export",
+        "format_version": FORMAT_VERSION,
+        "keras_dmdiff_version": getattr(keras_dmdiff, "__version__", "unknown"),
+        "keras_version": keras.__version__,
+        "exported_from_backend": backend,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model_class": type(model).__name__,
+        "model_config": jsonable(model.get_config()),
+        "transform": dict(model.transform.get_config()),
+        "stride": int(stride),
+        "samplers": list(samplers),
+        "default_sampler": samplers[0],
+        "endpoints": endpoints,
+        "units": "stellar_mass in and dark matter out: (Msun/h)/(Mpc/h)^2, physical (not log)",
+        "inputs": {
+            "stellar_mass": "float32 [B, H, W], >= 0, finite, H and W multiples of stride",
+            "num_samples": "int32 scalar >= 1",
+            "num_steps": "int32 scalar >= 1",
+            "seed": "int32 scalar",
+        },
+        "output": "float32 [B, num_samples, H, W]",
+        "seed_semantics": (
+            "sample(seed) equals VariationalDiffusion.sample(seed, batch_size >= B*num_samples) "
+            "on the exporting backend; draw(seed) uses seed as is; model.sample seeds chunk k "
+            f"with (seed * {SEED_MULTIPLIER} + k) mod {SEED_MODULUS}."
+        ),
+    }
+
+
+# ----------------------------------------------------------------------- export
+def export_saved_model(model, path, *, samplers=("ancestral", "ddim"), jit_compile=None, verbose=False):
+    """Writes a standalone TensorFlow SavedModel that samples physical dark matter.
+
+    Works on the TensorFlow and the JAX backends (on JAX through jax2tf, with
+    shape-polymorphic B, H, W). The written model needs only TensorFlow to
+    load and run (see `load_exported`).
+
+    Args:
+        model: a built `VariationalDiffusion` (it is built here if it is not).
+        path: directory to write (created; an existing SavedModel is replaced).
+        samplers: names in `keras_dmdiff.models.SAMPLERS`. "ancestral" gets
+            the plain endpoint names (`sample`, `draw`), the others a suffix
+            (`sample_ddim`, `draw_dpm_solver_2m`, ...). Each sampler adds
+            one copy of the network graph (not of the weights) to the file.
+        jit_compile: TensorFlow backend only: mark the sampling graph for XLA
+            (faster on GPU; measured slower on CPU). None: XLA if this process
+            sees a GPU, else not. Ignored on JAX, whose export is always one
+            XLA computation.
+        verbose: print Keras's endpoint summary.
+
+    Returns:
+        dict with "path", "seconds" (export wall time), "bytes" (size on disk)
+        and "metadata".
+
+    Raises:
+        ValueError: unknown or duplicate sampler names, not a VariationalDiffusion.
+        NotImplementedError: a backend other than tensorflow or jax.
+
+    Example:
+        >>> from keras_dmdiff.models import VariationalDiffusion, network_from_preset
+        >>> model = VariationalDiffusion(network=network_from_preset("tiny"), seed=1)
+        >>> model.build()
+        >>> info = export_saved_model(model, "/tmp/dmdiff_savedmodel")
+        >>> import tensorflow as tf
+        >>> loaded = tf.saved_model.load("/tmp/dmdiff_savedmodel")
+        >>> stars = tf.zeros([2, 32, 32]) + 1e9
+        >>> loaded.sample(stars, num_samples=4, num_steps=10, seed=3).shape
+        TensorShape([2, 4, 32, 32])
+    """
+    import keras
+    import tensorflow as tf
+    from keras import ops
+
+    from keras_dmdiff.models.samplers import SAMPLERS, run_sampler
+
+    started = time.perf_counter()
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax"):
+        raise NotImplementedError(f"export_saved_model supports the tensorflow and jax backends, not {backend!r}.")
+    for attribute in ("network", "schedule", "transform", "stride"):
+        if not hasattr(model, attribute):
+            raise ValueError(
+                f"export_saved_model needs a VariationalDiffusion (with `{attribute}`); got {type(model).__name__}."
+            )
+    if isinstance(samplers, str):
+        samplers = (samplers,)
+    samplers = tuple(samplers)
+    if not samplers:
+        raise ValueError("export_saved_model needs at least one sampler.")
+    if len(set(samplers)) != len(samplers):
+        raise ValueError(f"Duplicate sampler names in {samplers}.")
+    for sampler in samplers:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"Unknown sampler {sampler!r}; choose among {sorted(SAMPLERS)}.")
+    if not model.built:
+        model.build()
+    stride = int(model.stride)
+    if jit_compile is None:
+        jit_compile = bool(tf.config.list_logical_devices("GPU"))
+
+    transform = model.transform
+    network = model.network
+    schedule = model.schedule
+
+    def denoise(z, condition, gamma_normalised):
+        return network([z, condition, gamma_normalised], training=False)
+
+    def make_draw(sampler):
+        def draw(stellar_mass, num_steps, seed):
+            # The same path as VariationalDiffusion.sample: transform, run_sampler
+            # (which takes a tensor step count), inverse transform.
+            condition = transform.stellar_to_network(ops.expand_dims(stellar_mass, -1))
+            normalised = run_sampler(denoise, schedule, condition, seed, num_steps, sampler)
+            return transform.dark_matter_from_network(normalised)[..., 0]
+
+        return draw
+
+    draw_signature = [
+        tf.TensorSpec([None, None, None], tf.float32, name="stellar_mass"),
+        tf.TensorSpec([], tf.int32, name="num_steps"),
+        tf.TensorSpec([], tf.int32, name="seed"),
+    ]
+    archive = keras.export.ExportArchive()
+    if backend == "jax":
+        # jax2tf needs the variables as explicit inputs: track exactly the
+        # sampler's layers (not the optimizer or metrics).
+        archive.track(network)
+        archive.track(schedule)
+        draw_kwargs = {
+            "is_static": False,
+            "jax2tf_kwargs": {
+                # Inference only: a reverse-mode gradient of a while loop with
+                # a dynamic bound cannot be traced (and is not wanted).
+                "with_gradient": False,
+                # One symbol per dimension, shared by every tensor built from
+                # the input (noise, concatenations); H and W multiples of the
+                # stride so that down/up-sampling shapes line up.
+                "polymorphic_shapes": [f"(b, {stride}*h, {stride}*w)", "()", "()"],
+            },
+        }
+    else:
+        # Not `track(model)`: the endpoints capture the variables they use,
+        # which are then saved once, without the Keras object graph.
+        draw_kwargs = {}
+
+    for sampler in samplers:
+        sample_name, draw_name = _endpoint_names(sampler)
+        draw_fn = make_draw(sampler)
+        if backend == "tensorflow" and jit_compile:
+            draw_fn = tf.function(draw_fn, jit_compile=True, autograph=False)
+        draw_endpoint = archive.add_endpoint(draw_name, draw_fn, input_signature=draw_signature, **draw_kwargs)
+        archive.add_endpoint(sample_name, _make_sample_function(draw_endpoint, stride))
+
+    metadata = _metadata(model, samplers, backend, stride)
+    metadata_json = json.dumps(metadata, indent=1, sort_keys=True)
+
+    @tf.function(input_signature=[])
+    def metadata_fn():
+        return tf.constant(metadata_json)
+
+    metadata_fn.get_concrete_function()
+    archive.add_endpoint("metadata", metadata_fn)
+
+    path = os.fspath(path)
+    # No gradient functions: an inference-only artifact, smaller.
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    archive.write_out(path, options=options, verbose=verbose)
+    os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
+    with open(os.path.join(path, METADATA_FILE), "w") as handle:
+        handle.write(metadata_json)
+    return {
+        "path": path,
+        "seconds": time.perf_counter() - started,
+        "bytes": _directory_size(path),
+        "metadata": metadata,
+    }
+
+
+def _checks(stellar_mass, num_steps, stride):
+    """In-graph validation of the inputs; returns the assert ops."""
+    import tensorflow as tf
+
+    shape = tf.shape(stellar_mass)
+    height, width = shape[1], shape[2]
+    checks = [
+        tf.debugging.assert_positive(shape[0], message="stellar_mass is an empty batch (B = 0)."),
+        tf.debugging.assert_equal(
+            tf.math.floormod(height, stride) + tf.math.floormod(width, stride) + tf.cast(height * width == 0, tf.int32),
+            0,
+            message=(
+                f"stellar_mass maps must be [B, H, W] with H and W positive multiples of the network "
+                f"stride {stride}."
+            ),
+        ),
+        tf.debugging.assert_positive(num_steps, message="num_steps must be >= 1."),
+        tf.debugging.assert_all_finite(stellar_mass, "stellar_mass contains NaN or infinite values."),
+        tf.debugging.assert_non_negative(
+            stellar_mass,
+            message=(
+                "stellar_mass has negative mass; expected physical surface densities in "
+                "(Msun/h)/(Mpc/h)^2, >= 0."
+            ),
+        ),
+    ]
+    largest = tf.reduce_max(stellar_mass)
+    checks.append(
+        tf.debugging.Assert(
+            tf.logical_not(tf.logical_and(largest > 0.0, largest < LOG_SCALED_MAX)),
+            [
+                "stellar_mass looks already log10-scaled or normalised (largest value below "
+                f"{LOG_SCALED_MAX:g}); pass physical surface densities in (Msun/h)/(Mpc/h)^2. "
+                "Largest value:",
+                largest,
+            ],
+        )
+    )
+    return checks
+
+
+def _make_sample_function(draw_endpoint, stride):
+    """The `sample*` endpoint of one sampler: TensorFlow ops around its `draw*` endpoint."""
+    import tensorflow as tf
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None], tf.float32, name="stellar_mass"),
+            tf.TensorSpec([], tf.int32, name="num_samples"),
+            tf.TensorSpec([], tf.int32, name="num_steps"),
+            tf.TensorSpec([], tf.int32, name="seed"),
+        ],
+        autograph=False,
+    )
+    def sample(stellar_mass, num_samples, num_steps, seed):
+        shape = tf.shape(stellar_mass)
+        checks = _checks(stellar_mass, num_steps, stride)
+        checks.append(tf.debugging.assert_positive(num_samples, message="num_samples must be >= 1."))
+        with tf.control_dependencies(checks):
+            repeated = tf.repeat(stellar_mass, num_samples, axis=0)
+        # Chunk 0 of model.sample(seed=seed).
+        seed = tf.cast(tf.math.floormod(tf.cast(seed, tf.int64) * SEED_MULTIPLIER, SEED_MODULUS), tf.int32)
+        samples = draw_endpoint(repeated, num_steps, seed)
+        return tf.reshape(samples, tf.stack([shape[0], num_samples, shape[1], shape[2]]))
+
+    sample.get_concrete_function()
+    return sample
+
+
+def _directory_size(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, name)) for name in files)
+    return total
+
+
+# ------------------------------------------------------------------------- load
+class ExportedSampler:
+    """A loaded SavedModel from `export_saved_model`, callable with numpy maps.
+
+    Needs only TensorFlow (no keras, jax or keras_dmdiff import).
+
+    Args:
+        path: directory of the SavedModel.
+
+    Call arguments:
+        stellar_mass: [H, W] or [B, H, W] physical stellar mass.
+        num_samples: posterior samples per map.
+        num_steps: reverse-diffusion steps.
+        seed: int; the same seed gives the same samples.
+        sampler: one of `self.samplers` ("ancestral", "ddim").
+        batch_size: maps per graph call (bounds memory), chunked and seeded like
+            `VariationalDiffusion.sample`, whose samples it reproduces on the
+            exporting backend.
+
+    Returns:
+        numpy float32 [B, num_samples, H, W] physical dark matter.
+
+    Attributes:
+        metadata: dict (see `export_saved_model`), `stride`, `samplers`, `module`
+        (the object from `tf.saved_model.load`).
+
+    Example:
+        >>> sampler = load_exported("saved_models/tng_mock/savedmodel")
+        >>> samples = sampler(stars, num_samples=8, num_steps=250, seed=1)
+    """
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        path = os.fspath(path)
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise ValueError(f"{path!r} is not a SavedModel directory (no saved_model.pb).")
+        self.path = path
+        self.module = tf.saved_model.load(path)
+        if not hasattr(self.module, "metadata"):
+            raise ValueError(f"{path!r} is a SavedModel but not one written by keras_dmdiff.export_saved_model.")
+        self.metadata = json.loads(self.module.metadata().numpy().decode("utf-8"))
+        self.stride = int(self.metadata["stride"])
+        self.samplers = list(self.metadata["samplers"])
+
+    def __repr__(self):
+        return f"ExportedSampler({self.path!r}, samplers={self.samplers}, stride={self.stride})"
+
+    def __call__(self, stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral", batch_size=16):
+        import tensorflow as tf
+
+        if sampler not in self.samplers:
+            raise ValueError(f"Sampler {sampler!r} was not exported; this model has {self.samplers}.")
+        for name, value in (("num_samples", num_samples), ("num_steps", num_steps), ("batch_size", batch_size)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1; got {value!r}.")
+        if not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed must be an int; got {type(seed).__name__}.")
+        maps = np.asarray(stellar_mass, dtype=np.float32)
+        if maps.ndim == 2:
+            maps = maps[None]
+        if maps.ndim != 3 or maps.shape[0] == 0:
+            raise ValueError(f"stellar_mass must be [H, W] or [B, H, W] with B >= 1; got shape {maps.shape}.")
+        count, height, width = maps.shape
+        if height % self.stride or width % self.stride or height == 0 or width == 0:
+            raise ValueError(
+                f"stellar_mass maps are {height}x{width}; H and W must be positive multiples of the stride {self.stride}."
+            )
+        if not np.all(np.isfinite(maps)):
+            raise ValueError("stellar_mass contains NaN or infinite values.")
+        if maps.min() < 0:
+            raise ValueError(
+                f"stellar_mass has negative mass (minimum {maps.min():g}); expected physical surface "
+                "densities in (Msun/h)/(Mpc/h)^2, >= 0."
+            )
+        if 0 < maps.max() < LOG_SCALED_MAX:
+            raise ValueError(
+                f"stellar_mass looks already log10-scaled or normalised (largest value {maps.max():g}); "
+                "pass physical surface densities in (Msun/h)/(Mpc/h)^2, which reach 1e9 and more."
+            )
+        draw = getattr(self.module, self.metadata["endpoints"][sampler]["draw"])
+        repeated = np.repeat(maps, num_samples, axis=0)
+        outputs = []
+        try:
+            for chunk, start in enumerate(range(0, len(repeated), batch_size)):
+                outputs.append(
+                    draw(
+                        tf.constant(repeated[start : start + batch_size]),
+                        tf.constant(num_steps, tf.int32),
+                        tf.constant(_chunk_seed(seed, chunk), tf.int32),
+                    ).numpy()
+                )
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(error.message) from None
+        samples = np.concatenate(outputs, axis=0)
+        return samples.reshape(count, num_samples, height, width).astype(np.float32)
+
+
+def load_exported(path):
+    """Loads a SavedModel written by `export_saved_model` as a numpy sampler.
+
+    Only TensorFlow is needed (no keras import), so this runs where the model
+    is served.
+
+    Args:
+        path: directory of the SavedModel.
+
+    Returns:
+        an `ExportedSampler`: call it as
+        ``sampler(stellar_mass, num_samples=1, num_steps=250, seed=0,
+        sampler="ancestral", batch_size=16)`` -> numpy float32
+        [B, num_samples, H, W] physical dark matter.
+
+    Raises:
+        ValueError: not a SavedModel, or not one written by this module.
+
+    Example:
+        >>> sample = load_exported("/tmp/dmdiff_savedmodel")
+        >>> sample(np.full((32, 32), 0.0), num_samples=2, num_steps=10, seed=1).shape
+        (1, 2, 32, 32)
+    """
+    return ExportedSampler(path)
