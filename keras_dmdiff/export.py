@@ -69,7 +69,7 @@ def _chunk_seed(seed, chunk):
     return np.int32((int(seed) * SEED_MULTIPLIER + int(chunk)) % SEED_MODULUS)
 
 
-def _metadata(model, samplers, backend, stride):
+def _metadata(model, samplers, backend, stride, jax_platforms):
     import keras
 
     import keras_dmdiff
@@ -87,6 +87,7 @@ def _metadata(model, samplers, backend, stride):
         "keras_dmdiff_version": getattr(keras_dmdiff, "__version__", "unknown"),
         "keras_version": keras.__version__,
         "exported_from_backend": backend,
+        "jax_platforms": list(jax_platforms) if backend == "jax" else None,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model_class": type(model).__name__,
         "model_config": jsonable(model.get_config()),
@@ -105,14 +106,23 @@ def _metadata(model, samplers, backend, stride):
         "output": "float32 [B, num_samples, H, W]",
         "seed_semantics": (
             "sample(seed) equals VariationalDiffusion.sample(seed, batch_size >= B*num_samples) "
-            "on the exporting backend; draw(seed) uses seed as is; model.sample seeds chunk k "
-            f"with (seed * {SEED_MULTIPLIER} + k) mod {SEED_MODULUS}."
+            "on the exporting backend (not across backends, nor between a TensorFlow graph with "
+            "and without XLA, whose stateless RNGs differ); draw(seed) uses seed as is; "
+            f"model.sample seeds chunk k with (seed * {SEED_MULTIPLIER} + k) mod {SEED_MODULUS}."
         ),
     }
 
 
 # ----------------------------------------------------------------------- export
-def export_saved_model(model, path, *, samplers=("ancestral", "ddim"), jit_compile=None, verbose=False):
+def export_saved_model(
+    model,
+    path,
+    *,
+    samplers=("ancestral", "ddim"),
+    jit_compile=None,
+    jax_platforms=("cpu", "cuda"),
+    verbose=False,
+):
     """Writes a standalone TensorFlow SavedModel that samples physical dark matter.
 
     Works on the TensorFlow and the JAX backends (on JAX through jax2tf, with
@@ -121,7 +131,8 @@ def export_saved_model(model, path, *, samplers=("ancestral", "ddim"), jit_compi
 
     Args:
         model: a built `VariationalDiffusion` (it is built here if it is not).
-        path: directory to write (created; an existing SavedModel is replaced).
+        path: directory to write (created; an existing SavedModel there is
+            overwritten).
         samplers: names in `keras_dmdiff.models.SAMPLERS`. "ancestral" gets
             the plain endpoint names (`sample`, `draw`), the others a suffix
             (`sample_ddim`, `draw_dpm_solver_2m`, ...). Each sampler adds
@@ -130,6 +141,11 @@ def export_saved_model(model, path, *, samplers=("ancestral", "ddim"), jit_compi
             (faster on GPU; measured slower on CPU). None: XLA if this process
             sees a GPU, else not. Ignored on JAX, whose export is always one
             XLA computation.
+        jax_platforms: JAX backend only: the platforms that the serialized
+            XLA module is lowered for (jax2tf native serialization runs only
+            on those); the default serves on CPU and on NVIDIA GPUs. A
+            TensorFlow-backend export is a plain TensorFlow graph and runs
+            anywhere TensorFlow does.
         verbose: print Keras's endpoint summary.
 
     Returns:
@@ -220,6 +236,7 @@ def export_saved_model(model, path, *, samplers=("ancestral", "ddim"), jit_compi
                 # the input (noise, concatenations); H and W multiples of the
                 # stride so that down/up-sampling shapes line up.
                 "polymorphic_shapes": [f"(b, {stride}*h, {stride}*w)", "()", "()"],
+                "native_serialization_platforms": tuple(jax_platforms),
             },
         }
     else:
@@ -235,7 +252,7 @@ def export_saved_model(model, path, *, samplers=("ancestral", "ddim"), jit_compi
         draw_endpoint = archive.add_endpoint(draw_name, draw_fn, input_signature=draw_signature, **draw_kwargs)
         archive.add_endpoint(sample_name, _make_sample_function(draw_endpoint, stride))
 
-    metadata = _metadata(model, samplers, backend, stride)
+    metadata = _metadata(model, samplers, backend, stride, jax_platforms)
     metadata_json = json.dumps(metadata, indent=1, sort_keys=True)
 
     @tf.function(input_signature=[])
@@ -350,7 +367,7 @@ class ExportedSampler:
         num_samples: posterior samples per map.
         num_steps: reverse-diffusion steps.
         seed: int; the same seed gives the same samples.
-        sampler: one of `self.samplers` ("ancestral", "ddim").
+        sampler: one of `self.samplers` ("ancestral", "ddim" by default).
         batch_size: maps per graph call (bounds memory), chunked and seeded like
             `VariationalDiffusion.sample`, whose samples it reproduces on the
             exporting backend.
@@ -417,13 +434,16 @@ class ExportedSampler:
                 "pass physical surface densities in (Msun/h)/(Mpc/h)^2, which reach 1e9 and more."
             )
         draw = getattr(self.module, self.metadata["endpoints"][sampler]["draw"])
-        repeated = np.repeat(maps, num_samples, axis=0)
+        total = count * num_samples
         outputs = []
         try:
-            for chunk, start in enumerate(range(0, len(repeated), batch_size)):
+            for chunk, start in enumerate(range(0, total, batch_size)):
+                # Rows start.. of np.repeat(maps, num_samples, axis=0), as in
+                # model.sample, without building the whole repeated batch.
+                rows = np.arange(start, min(start + batch_size, total)) // num_samples
                 outputs.append(
                     draw(
-                        tf.constant(repeated[start : start + batch_size]),
+                        tf.constant(maps[rows]),
                         tf.constant(num_steps, tf.int32),
                         tf.constant(_chunk_seed(seed, chunk), tf.int32),
                     ).numpy()

@@ -64,6 +64,8 @@ def test_savedmodel_is_light_and_carries_metadata(exported):
     assert metadata["samplers"] == ["ancestral", "ddim"]
     assert metadata["keras_dmdiff_version"] == keras_dmdiff.__version__
     assert metadata["exported_from_backend"] == keras.backend.backend()
+    if keras.backend.backend() == "jax":
+        assert metadata["jax_platforms"] == ["cpu", "cuda"]
     assert metadata["model_config"]["network"]["config"]["widths"] == [8, 16]
     for name in ("sample", "sample_ddim", "draw", "draw_ddim", "metadata"):
         assert hasattr(loaded, name), name
@@ -107,6 +109,9 @@ def test_seeds_give_new_samples_and_repeat_exactly(exported):
     other = loaded.sample(stars, 3, STEPS, 2).numpy()
     assert np.mean(np.abs(np.log10(first) - np.log10(other))) > 0.05
     assert np.mean(np.abs(np.log10(first[:, 0]) - np.log10(first[:, 1]))) > 0.05
+    # num_steps is a runtime value of the same graph.
+    longer = loaded.sample(stars, 3, STEPS + 3, 1).numpy()
+    assert np.all(np.isfinite(longer)) and not np.allclose(longer, first)
     # The draw endpoint uses its seed as is: draw(seed of chunk 0) = sample(seed).
     drawn = loaded.draw(np.repeat(stars, 3, axis=0), STEPS, int(export._chunk_seed(1, 0))).numpy()
     np.testing.assert_array_equal(drawn.reshape(first.shape), first)
