@@ -21,6 +21,8 @@ reference sampler and has the plain names):
   graph; `sample` calls it, and `load_exported` calls it in chunks to
   reproduce `VariationalDiffusion.sample` for any batch (``draw_ddim``
   likewise).
+- ``serving_default``: the signature TF Serving uses: the first exported
+  sampler's ``sample``.
 - ``metadata()``: a JSON string (model config, transform constants, stride,
   samplers, versions, seed semantics). Also written to
   ``<path>/assets.extra/keras_dmdiff.json``.
@@ -244,13 +246,17 @@ def export_saved_model(
         # which are then saved once, without the Keras object graph.
         draw_kwargs = {}
 
+    sample_functions = []
     for sampler in samplers:
         sample_name, draw_name = _endpoint_names(sampler)
         draw_fn = make_draw(sampler)
         if backend == "tensorflow" and jit_compile:
             draw_fn = tf.function(draw_fn, jit_compile=True, autograph=False)
         draw_endpoint = archive.add_endpoint(draw_name, draw_fn, input_signature=draw_signature, **draw_kwargs)
-        archive.add_endpoint(sample_name, _make_sample_function(draw_endpoint, stride))
+        sample_functions.append(archive.add_endpoint(sample_name, _make_sample_function(draw_endpoint, stride)))
+    # TF Serving's default signature: the first sampler's `sample` (else Keras
+    # would alias the first endpoint added, a `draw`).
+    archive.add_endpoint("serving_default", sample_functions[0])
 
     metadata = _metadata(model, samplers, backend, stride, jax_platforms)
     metadata_json = json.dumps(metadata, indent=1, sort_keys=True)

@@ -43,7 +43,9 @@ def tiny_model():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    started = time.perf_counter()
     model = tiny_model()
+    print(f"\n[{keras.backend.backend()}] tiny model built in {time.perf_counter() - started:.1f} s", end="")
     path = tmp_path_factory.mktemp("export") / "savedmodel"
     info = export_saved_model(model, path)
     size_mb = info["bytes"] / 2**20
@@ -69,6 +71,9 @@ def test_savedmodel_is_light_and_carries_metadata(exported):
     assert metadata["model_config"]["network"]["config"]["widths"] == [8, 16]
     for name in ("sample", "sample_ddim", "draw", "draw_ddim", "metadata"):
         assert hasattr(loaded, name), name
+    assert set(loaded.signatures["serving_default"].structured_input_signature[1]) == {
+        "stellar_mass", "num_samples", "num_steps", "seed"
+    }
     # Each variable stored once: the checkpoint holds exactly the sampler's weights.
     reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
     stored = sum(
