@@ -33,7 +33,9 @@ def stateless_normal(shape, seed, counter):
         import tensorflow as tf
 
         pair = tf.stack([tf.cast(seed, tf.int32), tf.cast(counter, tf.int32)])
-        return tf.random.stateless_normal(shape, seed=pair, dtype=tf.float32)
+        # An explicit algorithm: XLA would otherwise pick another one, and the
+        # same seed would give other samples on GPU or in an XLA export.
+        return tf.random.stateless_normal(shape, seed=pair, dtype=tf.float32, alg="philox")
     if backend == "jax":
         import jax
 
