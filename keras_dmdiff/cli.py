@@ -233,6 +233,24 @@ def _add_bench(subparsers):
     parser.add_argument("--sizes", default="64,128,256", help="comma-separated map sizes")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", dest="json_path", help="also write the table as JSON here")
+    parser.add_argument("--backends", default="tensorflow,jax", help="comma-separated Keras backends")
+    parser.add_argument("--batch-size", type=int, default=4, help="maps per training step and sampler call")
+    parser.add_argument("--sampler", default="ddim", help="sampler of the sampling-throughput column")
+    parser.add_argument("--sampling-steps", type=int, default=10, help="its number of steps")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples per timed sampling call")
+    parser.add_argument(
+        "--one-process", action="store_true", help="one worker per backend instead of one per size (faster)"
+    )
+    parser.add_argument("--quality-model", help=".keras model: also measure quality against steps")
+    parser.add_argument("--quality-data", help="held-out maps: .npz (stellar_mass, dark_matter) or a CMD folder")
+    parser.add_argument("--quality-set", default="CV", help="CMD set read from a --quality-data folder")
+    parser.add_argument("--quality-suite", default="IllustrisTNG", help="CMD suite read from a --quality-data folder")
+    parser.add_argument("--samplers", default="ancestral,ddim,dpm_solver_2m", help="samplers of the quality table")
+    parser.add_argument("--quality-steps", default="10,25,50,100", help="step counts of the quality table")
+    parser.add_argument("--reference-steps", type=int, default=250, help="steps of the ancestral reference")
+    parser.add_argument("--quality-samples", type=int, default=8, help="posterior samples per held-out map")
+    parser.add_argument("--quality-maps", type=int, default=4, help="held-out maps used")
+    parser.add_argument("--quality-crop", type=int, help="crop held-out maps to this size")
     parser.set_defaults(func=_run_bench)
 
 
@@ -240,7 +258,28 @@ def _run_bench(args):
     from keras_dmdiff.bench import run_bench
 
     sizes = [int(size) for size in args.sizes.split(",") if size]
-    run_bench(preset=args.preset, sizes=sizes, repeats=args.repeats, json_path=args.json_path)
+    run_bench(
+        preset=args.preset,
+        sizes=sizes,
+        repeats=args.repeats,
+        json_path=args.json_path,
+        backends=[b for b in args.backends.split(",") if b],
+        batch_size=args.batch_size,
+        quality_model=args.quality_model,
+        quality_data=args.quality_data,
+        sampler=args.sampler,
+        sampling_steps=args.sampling_steps,
+        num_samples=args.num_samples,
+        process_per_size=not args.one_process,
+        samplers=[s for s in args.samplers.split(",") if s],
+        quality_steps=[int(s) for s in args.quality_steps.split(",") if s],
+        reference_steps=args.reference_steps,
+        quality_samples=args.quality_samples,
+        quality_maps=args.quality_maps,
+        quality_crop=args.quality_crop,
+        quality_suite=args.quality_suite,
+        quality_set=args.quality_set,
+    )
 
 
 def build_parser():

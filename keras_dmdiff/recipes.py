@@ -25,7 +25,7 @@ import shutil
 import time
 import tomllib
 
-RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume", "cross_suite", "ship")
+RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume", "cross_suite", "ship", "bench")
 
 
 def load_recipe(path):
@@ -147,6 +147,21 @@ def _step_ship(step, run_dir):
     )
 
 
+def _step_bench(step, run_dir):
+    from keras_dmdiff.bench import run_bench
+
+    out = pathlib.Path(_resolve(run_dir, step.get("out", "bench.json")))
+    if out.exists():
+        return
+    settings = {k: v for k, v in step.items() if k not in ("kind", "out", "quality_model", "quality_data")}
+    run_bench(
+        json_path=out,
+        quality_model=_resolve(run_dir, step.get("quality_model")),
+        quality_data=_resolve(run_dir, step.get("quality_data")),
+        **settings,
+    )
+
+
 _STEPS = {
     "mock": _step_mock,
     "train": _step_train,
@@ -155,6 +170,7 @@ _STEPS = {
     "large_volume": _step_large_volume,
     "cross_suite": _step_cross_suite,
     "ship": _step_ship,
+    "bench": _step_bench,
 }
 
 

@@ -1,0 +1,172 @@
+"""dmdiff bench: FLOP counting, the table's fields, JSON, the quality part (tiny sizes, no timed assertions)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_dmdiff import bench
+from keras_dmdiff.models import CircularConv2D, SelfAttention, VariationalDiffusion, network_from_preset
+from keras_dmdiff.recipes import load_recipe
+
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def test_flop_count_matches_hand_counts_of_single_layers():
+    # 2 FLOPs per multiply-add: outputs x kernel taps x C_in x C_out.
+    conv = keras.layers.Conv2D(8, 3, padding="same")
+    assert bench.count_flops(conv, (1, 16, 16, 4))["total"] == 2 * 16 * 16 * 3 * 3 * 4 * 8
+    # A circular conv counts its H x W outputs, not the padded ones, on both backends.
+    circular = CircularConv2D(8, 3)
+    assert bench.count_flops(circular, (2, 16, 16, 4))["total"] == 2 * 2 * 16 * 16 * 3 * 3 * 4 * 8
+    strided = keras.layers.Conv2D(6, 2, strides=2)
+    assert bench.count_flops(strided, (1, 16, 16, 4))["total"] == 2 * 8 * 8 * 2 * 2 * 4 * 6
+    transposed = keras.layers.Conv2DTranspose(6, 2, strides=2)
+    assert bench.count_flops(transposed, (1, 8, 8, 4))["total"] == 2 * 8 * 8 * 2 * 2 * 4 * 6
+    dense = keras.layers.Dense(5)
+    assert bench.count_flops(dense, (3, 7))["total"] == 2 * 3 * 7 * 5
+    # Attention: qkv (3C) and projection (C) dense layers + Q K^T and A V.
+    tokens, channels = 4 * 4, 8
+    attention = SelfAttention(groups=4)
+    expected = 2 * tokens * channels * (3 * channels) + 2 * tokens * channels * channels + 4 * tokens**2 * channels
+    assert bench.count_flops(attention, (1, 4, 4, channels))["total"] == expected
+
+
+def test_network_flops_scale_with_area_and_batch():
+    network = network_from_preset("tiny", bottleneck_attention=False)
+
+    def by_type(size, batch=1):
+        shape = (batch, size, size, 1)
+        return bench.count_flops(network, [shape, shape, (batch,)], training=False)["by_type"]
+
+    small, large, batched = by_type(16), by_type(32), by_type(16, batch=3)
+    assert set(small) == {"CircularConv2D", "Conv2D", "Conv2DTranspose", "Dense"}
+    # Convolutions scale with the number of pixels; the gamma-embedding MLP (the
+    # only dense layers without attention) does not; everything scales with the batch.
+    for kind in ("CircularConv2D", "Conv2D", "Conv2DTranspose"):
+        assert large[kind] == 4 * small[kind]
+    assert large["Dense"] == small["Dense"]
+    assert batched == {kind: 3 * flops for kind, flops in small.items()}
+    assert bench.network_flops(network, 16) == sum(small.values())
+
+
+def test_matmul_peak_is_positive():
+    peak = bench.matmul_peak(size=128, repeats=2)
+    assert peak["gflops"] > 0 and peak["size"] == 128 and peak["repeats"] == 2
+
+
+def test_run_bench_table_has_every_field_and_json_round_trips(tmp_path, capsys):
+    # One worker process (this pass's backend: the JAX pass covers the other one)
+    # at one size: its compilations dominate the test's time on 2 cores.
+    path = tmp_path / "bench.json"
+    result = bench.run_bench(
+        preset="tiny",
+        sizes=(16,),
+        repeats=2,
+        backends=(BACKEND,),
+        batch_size=2,
+        json_path=path,
+        sampling_steps=2,
+        matmul_size=256,
+    )
+    printed = capsys.readouterr().out
+    assert [(row["backend"], row["size"]) for row in result["rows"]] == [(BACKEND, 16)]
+    for row in result["rows"]:
+        assert set(row) == set(bench.ROW_FIELDS)
+        assert row["error"] is None, row["error"]
+        for field in ("forward_s", "forward_gflops", "train_step_s", "train_maps_per_s", "samples_per_s",
+                      "s_per_network_evaluation", "peak_rss_gib"):  # fmt: skip
+            assert row[field] > 0, field
+        assert row["forward_fraction_of_peak"] == pytest.approx(row["forward_gflops"] / result["matmul_peak"]["gflops"])
+        assert row["train_maps_per_s"] == pytest.approx(2 / row["train_step_s"])
+        assert row["parameters"] > 0 and row["sampler"] == "ddim" and row["sampling_steps"] == 2
+    # FLOPs come from the worker's own count.
+    assert result["rows"][0]["forward_gflop"] * 1e9 == pytest.approx(
+        bench.network_flops(network_from_preset("tiny"), 16)
+    )
+    assert result["quality"] is None
+    assert bench.load_bench_json(path) == result
+    assert json.loads(json.dumps(result)) == result
+    table = bench.format_table(result)
+    assert "GFLOP/s" in table and f"| {BACKEND} | 16 |" in table
+    assert table in printed
+
+
+def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    model = VariationalDiffusion(network=network_from_preset("tiny"), seed=0)
+    model.build()
+    model.save(tmp_path / "model.keras")
+    stellar, dark = bench._random_maps(3, 16, seed=1)
+    np.savez(tmp_path / "held_out.npz", stellar_mass=stellar, dark_matter=dark)
+    # Through the worker's entry point: loading, two samplers x two step counts, JSON out.
+    bench._worker_main(
+        ["quality", "--model", str(tmp_path / "model.keras"), "--data", str(tmp_path / "held_out.npz"),
+         "--samplers", "ddim,dpm_solver_2m", "--steps", "2,3", "--reference-steps", "4",
+         "--num-samples", "2", "--batch-size", "4", "--max-maps", "2"]
+    )  # fmt: skip
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(bench._JSON_PREFIX)][-1]
+    quality = json.loads(line[len(bench._JSON_PREFIX) :])
+    assert quality["num_maps"] == 2 and quality["num_samples"] == 2
+    assert quality["reference"]["sampler"] == "ancestral" and quality["reference"]["num_steps"] == 4
+    assert [(row["sampler"], row["num_steps"]) for row in quality["rows"]] == [
+        ("ddim", 2), ("ddim", 3), ("dpm_solver_2m", 2), ("dpm_solver_2m", 3)
+    ]  # fmt: skip
+    for row in quality["rows"]:
+        assert set(row) == set(bench.QUALITY_FIELDS)
+        assert row["error"] is None
+        assert row["power_ratio_error_vs_reference"] >= 0 and row["pdf_distance_vs_reference"] >= 0
+        assert len(row["coverage"]) == len(quality["levels"])
+        assert all(0 <= c <= 1 for c in row["coverage"])
+        assert -1 <= row["r_posterior_mean"] <= 1
+    result = {
+        "machine": {"cpu_count": 2},
+        "settings": {"preset": "tiny", "batch_size": 2},
+        "matmul_peak": {"size": 256, "repeats": 1, "gflops": 1.0},
+        "rows": [],
+        "quality": quality,
+    }
+    table = bench.format_table(result)
+    assert "P-ratio err vs ref" in table and "| dpm_solver_2m | 3 |" in table
+
+
+def test_quality_needs_two_samples_and_both_inputs():
+    with pytest.raises(ValueError, match="num_samples"):
+        bench.quality_vs_steps(None, np.zeros((1, 16, 16)), np.ones((1, 16, 16)), num_samples=1)
+    with pytest.raises(ValueError, match="both"):
+        bench.run_bench(preset="tiny", quality_model="model.keras")
+
+
+@pytest.mark.backend_independent
+def test_load_quality_data_reads_npz_and_cmd_folders(tmp_path):
+    from keras_dmdiff_datasets.camels_cmd.fake_cmd import write_fake_cmd_files
+
+    write_fake_cmd_files(tmp_path / "cmd", "IllustrisTNG", "CV", num_simulations=2, maps_per_simulation=2)
+    stellar, dark = bench.load_quality_data(tmp_path / "cmd", max_maps=3, set_name="CV", crop_size=64)
+    assert stellar.shape == dark.shape == (3, 64, 64) and stellar.dtype == np.float32
+    np.savez(tmp_path / "maps.npz", stellar_mass=stellar, dark_matter=dark)
+    again = bench.load_quality_data(tmp_path / "maps.npz", max_maps=2)
+    np.testing.assert_array_equal(again[1], dark[:2])
+    np.savez(tmp_path / "bad.npz", stellar_mass=stellar)
+    with pytest.raises(ValueError, match="dark_matter"):
+        bench.load_quality_data(tmp_path / "bad.npz")
+
+
+@pytest.mark.backend_independent
+def test_bench_recipe_is_a_known_step_kind():
+    recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "recipes", "bench.toml"))
+    step = [s for s in recipe["steps"] if s["kind"] == "bench"][0]
+    import inspect
+
+    accepted = set(inspect.signature(bench.run_bench).parameters)
+    assert set(step) - {"kind", "out"} <= accepted
+
+
+@pytest.mark.backend_independent
+def test_paper_network_costs_68_gflop_at_256():
+    # DESIGN.md section 3: ~68 GFLOP per 256x256 forward pass (the count is the same
+    # on both backends; building the 32.7 M-parameter network is cheapest on TF).
+    network = network_from_preset("paper")
+    assert bench.network_flops(network, 256) / 1e9 == pytest.approx(68.0, abs=0.5)
