@@ -219,7 +219,9 @@ class VariationalDiffusion(keras.Model):
             on_gpu = bool(tf.config.list_logical_devices("GPU"))
             # XLA helps on GPU and was measured slower on CPU (DESIGN.md 7).
             # Tiling needs static H and W, so it traces once per map shape.
-            function = tf.function(draw, jit_compile=on_gpu, reduce_retracing=tiling is None)
+            function = tf.function(
+                draw, jit_compile=on_gpu, reduce_retracing=tiling is None, autograph=False
+            )
         elif backend == "jax":
             import jax
 
