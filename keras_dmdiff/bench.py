@@ -57,6 +57,8 @@ import time
 
 import numpy as np
 
+from keras_dmdiff.evaluation import json_safe
+
 DEFAULT_SIZES = (64, 128, 256)
 DEFAULT_BACKENDS = ("tensorflow", "jax")
 DEFAULT_SAMPLERS = ("ancestral", "ddim", "dpm_solver_2m")
@@ -119,22 +121,6 @@ def _median_time(function, repeats, warmup=1):
         function()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _clean(value):
-    """Converts numpy scalars/arrays and non-finite floats to JSON-safe values."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
 
 
 def peak_rss_gib():
@@ -600,7 +586,7 @@ def quality_vs_steps(
         "pdf_distance_vs_truth": float(np.sum(np.abs(ref["pdf"] - pdf_true) * width)),
         "coverage": [float(c) for c in ref["coverage"]],
     }
-    return _clean(
+    return json_safe(
         {
             "reference": reference,
             "rows": rows,
@@ -736,7 +722,7 @@ def _worker_main(argv):
             batch_size=args.batch_size,
         )
         output["backend"] = keras.backend.backend()
-    print(_JSON_PREFIX + json.dumps(_clean(output)), flush=True)
+    print(_JSON_PREFIX + json.dumps(json_safe(output)), flush=True)
 
 
 # ---------------------------------------------------------------- the bench
@@ -965,7 +951,7 @@ def run_bench(
 
     import keras  # already imported by keras_dmdiff; only its version is read
 
-    result = _clean(
+    result = json_safe(
         {
             "machine": {
                 "platform": platform.platform(),

@@ -451,13 +451,14 @@ def _mean_in(k, values, lo, hi):
     return float(np.mean(values[mask])) if np.any(mask) else float("nan")
 
 
-def _jsonable(value):
+def json_safe(value):
+    """Numpy scalars/arrays -> Python values, non-finite floats -> None (valid JSON)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return json_safe(value.tolist())
     if isinstance(value, (np.bool_, bool)):
         return bool(value)
     if isinstance(value, (np.integer,)):
@@ -648,7 +649,7 @@ def evaluate(
         from keras_dmdiff import plotting
 
         metrics["figures"] = plotting.save_figures(metrics, example, folder)
-    metrics = _jsonable(metrics)
+    metrics = json_safe(metrics)
     if out_dir is not None:
         tmp = folder / (METRICS_FILE + ".tmp")
         tmp.write_text(json.dumps(metrics, indent=1))

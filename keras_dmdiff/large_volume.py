@@ -16,7 +16,6 @@ with the truth (P(k) ratio, r(k) of the posterior mean, one-point PDF).
 import argparse
 import json
 import pathlib
-import resource
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ import numpy as np
 
 def _sample_in_this_process(args):
     import keras
+
+    from keras_dmdiff.bench import peak_rss_gib
 
     model = keras.saving.load_model(args.model)
     stellar = np.load(args.stellar)
@@ -44,8 +45,7 @@ def _sample_in_this_process(args):
     )
     seconds = time.time() - start
     np.save(args.out, samples[0])
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_gib": peak_kib / 2**20}))
+    print(json.dumps({"seconds": seconds, "peak_rss_gib": peak_rss_gib()}))
 
 
 def _measure(model, stellar_path, out_path, settings, tile=None):

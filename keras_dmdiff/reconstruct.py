@@ -72,21 +72,13 @@ def load_sampler(model=None):
         model: a .keras file, a SavedModel folder, a VariationalDiffusion, or
             None for the shipped model.
     """
+    from keras_dmdiff import evaluation
+
     if model is not None and not isinstance(model, (str, pathlib.Path)):
-        return model.sample, {"model": type(model).__name__}
+        return evaluation.as_sampler(model), {"model": type(model).__name__}
     path = pathlib.Path(model) if model is not None else shipped_model_path()
-    if path.is_dir():
-        if not (path / "saved_model.pb").exists():
-            raise FileNotFoundError(f"{path} is a folder without saved_model.pb: not a SavedModel.")
-        from keras_dmdiff.export import load_exported
-
-        return load_exported(path), {"model": str(path), "format": "SavedModel"}
-    if not path.exists():
-        raise FileNotFoundError(f"No model at {path}.")
-    import keras
-
-    loaded = keras.saving.load_model(path)
-    return loaded.sample, {"model": str(path), "format": "keras"}
+    draw, _ = evaluation.load_sampler(path)
+    return draw, {"model": str(path), "format": "SavedModel" if path.is_dir() else "keras"}
 
 
 def reconstruct(

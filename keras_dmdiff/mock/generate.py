@@ -21,6 +21,12 @@ def _validate(params, grid_size, map_size, box_size, num_steps):
         raise ValueError(f"Omega_m must be in ({cosmology.OMEGA_B}, 1], got {params[0]}")
     if params[1] <= 0 or np.any(params[2:] <= 0):
         raise ValueError(f"sigma_8 and the A parameters must be > 0, got {params.tolist()}")
+    check_sizes(grid_size, map_size, box_size, num_steps)
+    return params
+
+
+def check_sizes(grid_size, map_size, box_size, num_steps):
+    """Raises ValueError unless the simulation and map sizes are usable."""
     if int(grid_size) != grid_size or grid_size < 4 or grid_size % 2:
         raise ValueError(f"grid_size must be an even integer >= 4, got {grid_size!r}")
     if int(map_size) != map_size or map_size < 4:
@@ -29,7 +35,6 @@ def _validate(params, grid_size, map_size, box_size, num_steps):
         raise ValueError(f"box_size must be > 0, got {box_size!r}")
     if int(num_steps) != num_steps or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
-    return params
 
 
 def _seeds(seed):

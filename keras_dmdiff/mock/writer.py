@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from keras_dmdiff.mock import suites
-from keras_dmdiff.mock.generate import generate_simulation
+from keras_dmdiff.mock.generate import check_sizes, generate_simulation
 from keras_dmdiff import LIGHT_IMPORT_VARIABLE
 
 __all__ = ["write_cmd_files", "cmd_file_names", "simulation_seed"]
@@ -70,14 +70,7 @@ def _validate(suite, set_name, num_sims, grid_size, map_size, box_size, num_step
         num_sims = total
     if int(num_sims) != num_sims or not 1 <= num_sims <= total:
         raise ValueError(f"num_sims must be an integer in [1, {total}] for {suite} {set_name}, got {num_sims!r}")
-    if int(grid_size) != grid_size or grid_size < 4 or grid_size % 2:
-        raise ValueError(f"grid_size must be an even integer >= 4, got {grid_size!r}")
-    if int(map_size) != map_size or map_size < 4:
-        raise ValueError(f"map_size must be an integer >= 4, got {map_size!r}")
-    if not box_size > 0:
-        raise ValueError(f"box_size must be > 0, got {box_size!r}")
-    if int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    check_sizes(grid_size, map_size, box_size, num_steps)
     if int(workers) != workers or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     field_names = tuple(field_names)
