@@ -117,7 +117,11 @@ def ship_model(run_dir, out_dir, name, *, train="train", evaluation="evaluate", 
     card = collect_card(run_dir, train=train, evaluation=evaluation, **card_kwargs)
     card["name"] = name
     out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / train / "model.keras", out_dir / "model.keras")
+    # Re-saved uncompiled: the run's file also holds the optimizer state (Adam
+    # moments and EMA slots, 3x the weights), which users of the model never need.
+    import keras
+
+    keras.saving.load_model(run_dir / train / "model.keras", compile=False).save(out_dir / "model.keras")
     if (run_dir / saved_model).exists():
         shutil.rmtree(out_dir / "saved_model", ignore_errors=True)
         shutil.copytree(run_dir / saved_model, out_dir / "saved_model")
