@@ -4,6 +4,7 @@
       model.keras       the trained model (EMA weights)
       saved_model/      TensorFlow SavedModel (runs without keras_dmdiff)
       metrics.json      data, training, hardware and held-out metrics
+      figures/          the held-out evaluation's figures
       MODEL_CARD.md     the same, for people
 
 Everything in the card is read from the run folder (config.json, done.json,
@@ -83,6 +84,8 @@ def render_card(card):
     lines += ["", "## Held-out metrics", "", f"Evaluated on the {card['evaluation']['split']}.", ""]
     lines += [f"- settings: {_format_value(card['evaluation']['settings'])}"]
     lines += [f"- {key}: {_format_value(value)}" for key, value in card["evaluation"]["summary"].items()]
+    if card["evaluation"].get("figures"):
+        lines += ["", "Figures: " + ", ".join(f"[{p.split('/')[-1]}]({p})" for p in card["evaluation"]["figures"])]
     lines += ["", "## Known limits", ""] + [f"- {item}" for item in card["limitations"]]
     lines += [
         "",
@@ -125,6 +128,12 @@ def ship_model(run_dir, out_dir, name, *, train="train", evaluation="evaluate", 
     if (run_dir / saved_model).exists():
         shutil.rmtree(out_dir / "saved_model", ignore_errors=True)
         shutil.copytree(run_dir / saved_model, out_dir / "saved_model")
+    figures = sorted((run_dir / evaluation).glob("*.png"))
+    if figures:
+        (out_dir / "figures").mkdir(exist_ok=True)
+        for figure in figures:
+            shutil.copyfile(figure, out_dir / "figures" / figure.name)
+        card["evaluation"]["figures"] = [f"figures/{figure.name}" for figure in figures]
     (out_dir / "metrics.json").write_text(json.dumps(card, indent=2))
     (out_dir / "MODEL_CARD.md").write_text(render_card(card))
     return out_dir
