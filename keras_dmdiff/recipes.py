@@ -106,7 +106,7 @@ def _step_export(step, run_dir):
     if (out / "saved_model.pb").exists():
         return
     model = keras.saving.load_model(_resolve(run_dir, step.get("model", "train/model.keras")))
-    export_saved_model(model, out)
+    export_saved_model(model, out, samplers=tuple(step.get("samplers", ("ancestral", "ddim"))))
 
 
 def _step_large_volume(step, run_dir):
