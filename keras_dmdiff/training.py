@@ -48,7 +48,10 @@ class TrainConfig:
         learning_rate, weight_decay, clipnorm: AdamW settings.
         restart_steps: first period of cosine warm restarts (None: constant rate).
         ema_momentum: EMA of the weights (None: no EMA).
-        checkpoint_every: steps between resumable checkpoints.
+        checkpoint_every: steps between resumable checkpoints; at least
+            `steps_per_epoch` means one at the end of every epoch (a resumed
+            run then repeats no step); fewer means mid-epoch checkpoints, from
+            which a resumed run repeats the rest of that epoch.
         validation_batches: batches of the validation split evaluated per epoch.
         seed: seed of the model and the pipeline.
         data_parallel: split batches over all local devices (keras.distribution).
@@ -259,7 +262,11 @@ def train(config, run_dir, verbose="auto"):
 
     callbacks = [
         keras.callbacks.BackupAndRestore(
-            os.fspath(run_dir / "backup"), save_freq=config.checkpoint_every, delete_checkpoint=False
+            os.fspath(run_dir / "backup"),
+            # Keras resumes a checkpoint taken inside an epoch by re-running that
+            # whole epoch; one taken at its end resumes at the next epoch.
+            save_freq="epoch" if config.checkpoint_every >= config.steps_per_epoch else config.checkpoint_every,
+            delete_checkpoint=False,
         ),
         keras.callbacks.TerminateOnNaN(),
         ResumableCSVLogger(run_dir / "history.csv"),

@@ -80,9 +80,11 @@ def test_killed_run_resumes_and_continues_the_loss_curve(cmd_dirs, tmp_path, mon
     monkeypatch.undo()
     assert not (run / "model.keras").exists()
     assert len(read_history(run / "history.csv")) == 2
-    train(tiny_config(cmd_dirs), run, verbose=0)
+    model = train(tiny_config(cmd_dirs), run, verbose=0)
     epochs = [int(row["epoch"]) for row in read_history(run / "history.csv")]
     assert epochs == [0, 1, 2]  # resumed at epoch 2, not from scratch
+    # ...and no optimiser step was repeated: 3 epochs of 2 steps in all.
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 6
 
 
 def test_bad_configs_are_rejected(cmd_dirs, tmp_path):
