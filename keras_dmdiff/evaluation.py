@@ -99,6 +99,10 @@ def as_sampler(sampler_or_model, batch_size=16):
         >>> draw(stars, num_samples=4, num_steps=50, seed=0).shape   # [B, 4, H, W]  # doctest: +SKIP
     """
     sample = getattr(sampler_or_model, "sample", None)
+    if not callable(sample) and callable(sampler_or_model):
+        if not _accepts_keyword(sampler_or_model, "batch_size"):
+            return sampler_or_model
+        sample = sampler_or_model  # e.g. export.ExportedSampler
     if callable(sample):
 
         def draw(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral"):
@@ -112,21 +116,6 @@ def as_sampler(sampler_or_model, batch_size=16):
             )
 
         return draw
-    if callable(sampler_or_model):
-        if _accepts_keyword(sampler_or_model, "batch_size"):  # e.g. export.ExportedSampler
-
-            def draw_batched(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral"):
-                return sampler_or_model(
-                    stellar_mass,
-                    num_samples=num_samples,
-                    num_steps=num_steps,
-                    seed=seed,
-                    sampler=sampler,
-                    batch_size=batch_size,
-                )
-
-            return draw_batched
-        return sampler_or_model
     raise TypeError(
         f"Expected a model with a `sample` method or a sampling function, got "
         f"{type(sampler_or_model).__name__}."
