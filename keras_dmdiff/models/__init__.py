@@ -13,6 +13,7 @@ from keras_dmdiff.models.noise_schedules import (
     FixedLinearSchedule,
     LearnedLinearSchedule,
     LearnedMonotoneSchedule,
+    NoiseSchedule,
     get_schedule,
 )
 from keras_dmdiff.models.presets import PRESETS, network_from_preset, preset_config

@@ -12,8 +12,36 @@ from keras import ops
 from keras_dmdiff.models.layers import PACKAGE
 
 
+class NoiseSchedule(keras.layers.Layer):
+    """Base of the schedules: checked endpoints gamma(0) < gamma(1) and their config.
+
+    Args:
+        gamma_min: gamma(0) (its initial value when learned).
+        gamma_max: gamma(1) (its initial value when learned).
+    """
+
+    def __init__(self, gamma_min=-13.3, gamma_max=13.3, **kwargs):
+        super().__init__(**kwargs)
+        if not gamma_max > gamma_min:
+            raise ValueError(f"Need gamma_max > gamma_min; got {gamma_min}, {gamma_max}.")
+        self.gamma_min = float(gamma_min)
+        self.gamma_max = float(gamma_max)
+
+    def _add_endpoint_weights(self):
+        """Trainable b = gamma(0) and w, with gamma(1) = b + |w|."""
+        self.b = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.gamma_min), name="b")
+        self.w = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(self.gamma_max - self.gamma_min), name="w"
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(gamma_min=self.gamma_min, gamma_max=self.gamma_max)
+        return config
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class FixedLinearSchedule(keras.layers.Layer):
+class FixedLinearSchedule(NoiseSchedule):
     """gamma(t) = gamma_min + (gamma_max - gamma_min) t, not trained.
 
     Args:
@@ -24,27 +52,15 @@ class FixedLinearSchedule(keras.layers.Layer):
         >>> FixedLinearSchedule(-13.3, 13.3)(keras.ops.array([0.0, 1.0]))
     """
 
-    def __init__(self, gamma_min=-13.3, gamma_max=13.3, **kwargs):
-        super().__init__(**kwargs)
-        if not gamma_max > gamma_min:
-            raise ValueError(f"Need gamma_max > gamma_min; got {gamma_min}, {gamma_max}.")
-        self.gamma_min = float(gamma_min)
-        self.gamma_max = float(gamma_max)
-
     def call(self, t):
         return self.gamma_min + (self.gamma_max - self.gamma_min) * t
 
     def derivative(self, t):
         return ops.ones_like(t) * (self.gamma_max - self.gamma_min)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(gamma_min=self.gamma_min, gamma_max=self.gamma_max)
-        return config
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class LearnedLinearSchedule(keras.layers.Layer):
+class LearnedLinearSchedule(NoiseSchedule):
     """gamma(t) = b + |w| t with trainable b and w (the reference schedule).
 
     Args:
@@ -53,17 +69,8 @@ class LearnedLinearSchedule(keras.layers.Layer):
     """
 
     def __init__(self, gamma_min=-13.3, gamma_max=13.3, **kwargs):
-        super().__init__(**kwargs)
-        if not gamma_max > gamma_min:
-            raise ValueError(f"Need gamma_max > gamma_min; got {gamma_min}, {gamma_max}.")
-        self.gamma_min = float(gamma_min)
-        self.gamma_max = float(gamma_max)
-        self.b = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(self.gamma_min), name="b"
-        )
-        self.w = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(self.gamma_max - self.gamma_min), name="w"
-        )
+        super().__init__(gamma_min, gamma_max, **kwargs)
+        self._add_endpoint_weights()
 
     def call(self, t):
         return self.b + ops.abs(self.w) * t
@@ -71,14 +78,9 @@ class LearnedLinearSchedule(keras.layers.Layer):
     def derivative(self, t):
         return ops.ones_like(t) * ops.abs(self.w)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(gamma_min=self.gamma_min, gamma_max=self.gamma_max)
-        return config
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class LearnedMonotoneSchedule(keras.layers.Layer):
+class LearnedMonotoneSchedule(NoiseSchedule):
     """A monotone network gamma(t) (Kingma et al. 2021, appendix).
 
     gamma~(t) = l1(t) + l3(sigmoid(l2(l1(t)))) with non-negative weights (so it
@@ -91,16 +93,9 @@ class LearnedMonotoneSchedule(keras.layers.Layer):
     """
 
     def __init__(self, gamma_min=-13.3, gamma_max=13.3, hidden_units=1024, **kwargs):
-        super().__init__(**kwargs)
-        if not gamma_max > gamma_min:
-            raise ValueError(f"Need gamma_max > gamma_min; got {gamma_min}, {gamma_max}.")
-        self.gamma_min = float(gamma_min)
-        self.gamma_max = float(gamma_max)
+        super().__init__(gamma_min, gamma_max, **kwargs)
         self.hidden_units = int(hidden_units)
-        self.b = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.gamma_min), name="b")
-        self.w = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(self.gamma_max - self.gamma_min), name="w"
-        )
+        self._add_endpoint_weights()
         positive = keras.initializers.RandomUniform(0.0, 1.0, seed=0)
         self.l1_weight = self.add_weight(shape=(), initializer="ones", name="l1_weight")
         self.l1_bias = self.add_weight(shape=(), initializer="zeros", name="l1_bias")
@@ -138,7 +133,7 @@ class LearnedMonotoneSchedule(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(gamma_min=self.gamma_min, gamma_max=self.gamma_max, hidden_units=self.hidden_units)
+        config.update(hidden_units=self.hidden_units)
         return config
 
 
