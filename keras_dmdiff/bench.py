@@ -20,7 +20,12 @@ One run measures, on this machine and in this order:
    - the worker's peak resident memory (`resource.getrusage`, GiB) and, on a
      GPU, the device's peak memory;
 
-3. optionally, the quality of each sampler against its number of steps on
+3. one large map (default 2048x2048) sampled through overlapping tiles
+   (`VariationalDiffusion.sample(..., tile_size=...)`) in its own worker:
+   seconds per sampler step and the worker's peak resident memory, the
+   figure behind "a 2048x2048 map in under 8 GiB on CPU" (`measure_large_map`);
+
+4. optionally, the quality of each sampler against its number of steps on
    held-out maps, relative to `reference_steps`-step ancestral sampling (the
    reference method: 250 steps): P(k) ratio error for k < 10 h/Mpc, r(k) of
    the posterior mean, one-point PDF distance, pixel coverage
@@ -430,6 +435,91 @@ def measure_speed(
     }
 
 
+def measure_large_map(
+    preset="paper",
+    size=2048,
+    tile_size=256,
+    tile_margin=32,
+    tile_batch=1,
+    num_steps=1,
+    sampler="ddim",
+    model_path=None,
+    network_overrides=None,
+):
+    """Samples one size x size map through overlapping tiles, in this process; time and peak memory.
+
+    Memory, not speed, is the point: the peak resident memory of the process
+    (model, compiled sampler, the map and its tiles) does not grow with the
+    number of steps, so one step is enough. The compiled sampler is traced on
+    the first call and timed on the second.
+
+    Args:
+        preset: network preset, used when `model_path` is None (random weights:
+            time and memory do not depend on them).
+        size: H = W of the map.
+        tile_size, tile_margin, tile_batch: the tiling of `VariationalDiffusion.sample`.
+        num_steps: sampler steps per call.
+        sampler: the sampler.
+        model_path: a `.keras` VariationalDiffusion to use instead of a preset.
+        network_overrides: keyword overrides of the preset.
+
+    Returns:
+        dict with "size", "parameters", "tile_size", "tile_margin", "tile_batch",
+        "sampler", "num_steps", "first_call_s" (tracing included),
+        "s_per_step", "rss_before_gib" (after building the model),
+        "peak_rss_gib", "backend" and "error".
+    """
+    import keras
+
+    import keras_dmdiff  # noqa: F401 - registers the model classes
+    from keras_dmdiff.models import VariationalDiffusion, network_from_preset
+
+    keras.utils.set_random_seed(0)
+    if model_path is not None:
+        model = keras.saving.load_model(model_path)
+    else:
+        model = VariationalDiffusion(network=network_from_preset(preset, **(network_overrides or {})), seed=0)
+        model.build()
+    stellar, _ = _random_maps(1, size)
+    rss_before = peak_rss_gib()
+
+    def draw():
+        return model.sample(
+            stellar,
+            num_samples=1,
+            num_steps=num_steps,
+            sampler=sampler,
+            batch_size=1,
+            tile_size=tile_size,
+            tile_margin=tile_margin,
+            tile_batch=tile_batch,
+        )
+
+    start = time.perf_counter()
+    samples = draw()
+    first_call_s = time.perf_counter() - start
+    start = time.perf_counter()
+    draw()
+    call_s = time.perf_counter() - start
+    if not np.all(np.isfinite(samples)):
+        raise FloatingPointError("the large-map sample is not finite")
+    return {
+        "backend": keras.backend.backend(),
+        "size": int(size),
+        "parameters": int(model.network.count_params()),
+        "tile_size": int(tile_size),
+        "tile_margin": int(tile_margin),
+        "tile_batch": int(tile_batch),
+        "sampler": sampler,
+        "num_steps": int(num_steps),
+        "first_call_s": first_call_s,
+        "s_per_step": call_s / num_steps,
+        "rss_before_gib": rss_before,
+        "peak_rss_gib": peak_rss_gib(),
+        "error": None,
+    }
+
+
 # ------------------------------------------------------------------- quality
 def _box_size(map_size, box_size):
     # CMD: 256 pixels of 97.66 kpc/h cover 25 Mpc/h; a crop keeps the pixel size.
@@ -661,7 +751,7 @@ def _run_worker(backend, arguments, timeout=None):
 
 def _worker_main(argv):
     parser = argparse.ArgumentParser(prog="python -m keras_dmdiff.bench --worker")
-    parser.add_argument("kind", choices=("speed", "quality"))
+    parser.add_argument("kind", choices=("speed", "quality", "large_map"))
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--sizes", default="64")
     parser.add_argument("--repeats", type=int, default=5)
@@ -681,6 +771,9 @@ def _worker_main(argv):
     parser.add_argument("--reference-steps", type=int, default=250)
     parser.add_argument("--reference-sampler", default="ancestral")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--tile-size", type=int, default=256)
+    parser.add_argument("--tile-margin", type=int, default=32)
     args = parser.parse_args(argv)
 
     if args.kind == "speed":
@@ -702,6 +795,18 @@ def _worker_main(argv):
             except Exception as error:  # noqa: BLE001 - reported in the table, the run goes on
                 rows.append({"size": size, "error": f"{type(error).__name__}: {error}"})
         output = {"rows": rows}
+    elif args.kind == "large_map":
+        output = measure_large_map(
+            preset=args.preset,
+            size=args.size,
+            tile_size=args.tile_size,
+            tile_margin=args.tile_margin,
+            tile_batch=args.batch_size,
+            num_steps=args.sampling_steps,
+            sampler=args.sampler,
+            model_path=args.model,
+            network_overrides=json.loads(args.network),
+        )
     else:
         import keras
 
@@ -781,6 +886,26 @@ def format_table(result):
             )
             + " |"
         )
+    large = result.get("large_map") or []
+    if large:
+        lines += [
+            "",
+            "### One large map through overlapping tiles",
+            "",
+            "| backend | size | parameters | tiles (core + margin) | sampler | s / step | first call s "
+            "| RSS before GiB | peak RSS GiB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in large:
+            if row.get("error"):
+                lines.append(f"| {row['backend']} | {row.get('size')} | error: {row['error'].splitlines()[-1][:120]} |")
+                continue
+            lines.append(
+                f"| {row['backend']} | {row['size']} | {row['parameters']:,} "
+                f"| {row['tile_size']} + 2x{row['tile_margin']}, {row['tile_batch']} per call "
+                f"| {row['sampler']} | {row['s_per_step']:.2f} | {row['first_call_s']:.1f} "
+                f"| {row['rss_before_gib']:.2f} | {row['peak_rss_gib']:.2f} |"
+            )
     quality = result.get("quality")
     if quality:
         lines += ["", "### Quality against steps"]
@@ -844,6 +969,10 @@ def run_bench(
     quality_set="CV",
     quality_backend="tensorflow",
     quality_batch_size=16,
+    large_map_size=2048,
+    large_map_tile=256,
+    large_map_margin=32,
+    large_map_steps=1,
     timeout=None,
     verbose=True,
 ):
@@ -877,6 +1006,10 @@ def run_bench(
         quality_suite, quality_set: CMD files to read when `quality_data` is a folder.
         quality_backend: backend of the quality worker.
         quality_batch_size: maps per network call while sampling for quality.
+        large_map_size: side of the large map sampled through tiles, per
+            backend, for its peak memory (0 or None: skip).
+        large_map_tile, large_map_margin: its tile cores and their margin.
+        large_map_steps: its sampler steps per timed call.
         timeout: seconds allowed to each worker process (None: no limit).
         verbose: print the table (and progress).
 
@@ -904,6 +1037,7 @@ def run_bench(
         "num_samples": int(num_samples),
         "network_overrides": network_overrides or {},
         "process_per_size": bool(process_per_size),
+        "large_map": {"size": large_map_size, "tile": large_map_tile, "margin": large_map_margin},
         "flop_convention": "2 per multiply-add of convolutions, dense layers and attention matmuls; "
         f"training step = {TRAIN_FLOPS_PER_FORWARD:g} x forward",
     }
@@ -932,6 +1066,22 @@ def run_bench(
                     full["forward_fraction_of_peak"] = full["forward_gflops"] / peak["gflops"]
                     full["train_fraction_of_peak"] = full["train_gflops"] / peak["gflops"]
                 rows.append(full)
+
+    large_map = []
+    if large_map_size:
+        for backend in backends:
+            say(f"[bench] {backend} one {large_map_size}x{large_map_size} map in {large_map_tile}-pixel tiles ...", flush=True)
+            arguments = [
+                "large_map", "--preset", preset, "--network", json.dumps(network_overrides or {}),
+                "--size", str(large_map_size), "--tile-size", str(large_map_tile),
+                "--tile-margin", str(large_map_margin), "--batch-size", "1",
+                "--sampler", sampler, "--sampling-steps", str(large_map_steps),
+            ]  # fmt: skip
+            output = _run_worker(backend, arguments, timeout)
+            output["backend"] = backend
+            output.setdefault("size", int(large_map_size))
+            output.setdefault("error", None)
+            large_map.append(output)
 
     quality = None
     if quality_model is not None:
@@ -964,6 +1114,7 @@ def run_bench(
             "settings": settings,
             "matmul_peak": peak,
             "rows": rows,
+            "large_map": large_map,
             "quality": quality,
         }
     )

@@ -251,6 +251,11 @@ def _add_bench(subparsers):
     parser.add_argument("--quality-samples", type=int, default=8, help="posterior samples per held-out map")
     parser.add_argument("--quality-maps", type=int, default=4, help="held-out maps used")
     parser.add_argument("--quality-crop", type=int, help="crop held-out maps to this size")
+    parser.add_argument(
+        "--large-map-size", type=int, default=2048, help="one map this large sampled in tiles for its peak memory (0: skip)"
+    )
+    parser.add_argument("--large-map-tile", type=int, default=256, help="its tile cores")
+    parser.add_argument("--large-map-margin", type=int, default=32, help="context pixels around each tile")
     parser.set_defaults(func=_run_bench)
 
 
@@ -279,6 +284,9 @@ def _run_bench(args):
         quality_crop=args.quality_crop,
         quality_suite=args.quality_suite,
         quality_set=args.quality_set,
+        large_map_size=args.large_map_size,
+        large_map_tile=args.large_map_tile,
+        large_map_margin=args.large_map_margin,
     )
 
 

@@ -70,6 +70,9 @@ def test_run_bench_table_has_every_field_and_json_round_trips(tmp_path, capsys):
         json_path=path,
         sampling_steps=2,
         matmul_size=256,
+        large_map_size=64,
+        large_map_tile=32,
+        large_map_margin=8,
     )
     printed = capsys.readouterr().out
     assert [(row["backend"], row["size"]) for row in result["rows"]] == [(BACKEND, 16)]
@@ -87,10 +90,15 @@ def test_run_bench_table_has_every_field_and_json_round_trips(tmp_path, capsys):
         bench.network_flops(network_from_preset("tiny"), 16)
     )
     assert result["quality"] is None
+    (large,) = result["large_map"]
+    assert large["error"] is None, large["error"]
+    assert (large["backend"], large["size"], large["tile_size"], large["tile_margin"]) == (BACKEND, 64, 32, 8)
+    assert large["s_per_step"] > 0 and large["peak_rss_gib"] >= large["rss_before_gib"] > 0
     assert bench.load_bench_json(path) == result
     assert json.loads(json.dumps(result)) == result
     table = bench.format_table(result)
     assert "GFLOP/s" in table and f"| {BACKEND} | 16 |" in table
+    assert f"| {BACKEND} | 64 |" in table and "32 + 2x8" in table
     assert table in printed
 
 
