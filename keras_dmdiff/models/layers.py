@@ -95,9 +95,14 @@ class CircularConv2D(layers.Layer):
 class GroupNorm(layers.Layer):
     """Group normalisation in one pass over the data.
 
-    Computes the mean and the mean of squares together and folds the
-    normalisation, scale and shift into one multiply-add: on CPU this is
-    measurably faster than `keras.layers.GroupNormalization` (DESIGN.md 7).
+    Sums x and x^2 per channel over the pixels (one sweep, no reshape of the
+    activations into groups), combines the sums per group on the small
+    [B, C] tensors, and folds the normalisation, scale and shift into one
+    per-channel multiply-add. On CPU this is measurably faster than
+    `keras.layers.GroupNormalization` (DESIGN.md 7) and than reshaping to
+    groups: on TensorFlow it took the paper network's 256x256 forward pass
+    from ~0.45 s to ~0.40 s, and on JAX it avoids a slow gradient of the
+    grouped reduction at batch size 1.
 
     Args:
         groups: number of channel groups; must divide the channel count.
@@ -118,16 +123,16 @@ class GroupNorm(layers.Layer):
 
     def call(self, x):
         shape = ops.shape(x)
-        channels = x.shape[-1]
-        grouped = ops.reshape(x, (shape[0], -1, self.groups, channels // self.groups))
-        mean = ops.mean(grouped, axis=(1, 3), keepdims=True)
-        mean_square = ops.mean(ops.square(grouped), axis=(1, 3), keepdims=True)
-        inv_std = ops.rsqrt(ops.maximum(mean_square - ops.square(mean), 0.0) + self.epsilon)
-        gamma = ops.reshape(self.gamma, (1, 1, self.groups, channels // self.groups))
-        beta = ops.reshape(self.beta, (1, 1, self.groups, channels // self.groups))
-        scale = gamma * inv_std
-        out = grouped * scale + (beta - mean * scale)
-        return ops.reshape(out, shape)
+        group_size = x.shape[-1] // self.groups
+        count = ops.cast(shape[1] * shape[2] * group_size, x.dtype)
+        sums = ops.reshape(ops.sum(x, axis=(1, 2)), (-1, self.groups, group_size))
+        square_sums = ops.reshape(ops.sum(ops.square(x), axis=(1, 2)), (-1, self.groups, group_size))
+        mean = ops.sum(sums, axis=-1) / count  # [B, groups]
+        variance = ops.maximum(ops.sum(square_sums, axis=-1) / count - ops.square(mean), 0.0)
+        inv_std = ops.repeat(ops.rsqrt(variance + self.epsilon), group_size, axis=1)  # [B, C]
+        scale = self.gamma * inv_std
+        shift = self.beta - ops.repeat(mean, group_size, axis=1) * scale
+        return x * scale[:, None, None, :] + shift[:, None, None, :]
 
     def compute_output_shape(self, input_shape):
         return input_shape
