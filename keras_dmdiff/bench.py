@@ -567,6 +567,7 @@ def quality_vs_steps(
     batch_size=16,
     box_size=None,
     k_max=10.0,
+    noise_floor=True,
 ):
     """Quality of each sampler against its number of steps, relative to a reference sampler.
 
@@ -590,6 +591,11 @@ def quality_vs_steps(
       `coverage_difference_vs_reference_points`: the largest difference from
       the reference's, in percentage points (target: <= 2).
 
+    With `noise_floor`, the reference is drawn a second time with another seed
+    and compared with the first like any other row ("reference_repeat"): the
+    Monte Carlo floor of every "vs reference" number at this many maps and
+    samples, below which a sampler's difference is not measurable.
+
     Args:
         model: a `VariationalDiffusion` (trained, for meaningful numbers).
         stellar_mass, dark_matter: held-out physical maps [M, H, W].
@@ -602,9 +608,11 @@ def quality_vs_steps(
         batch_size: maps per network call.
         box_size: side of the maps in Mpc/h (default: the CMD pixel, 25 * H / 256).
         k_max: upper k (h/Mpc) of the P(k) and r(k) summaries.
+        noise_floor: also redraw the reference with seed + 1.
 
     Returns:
-        dict: "reference" (its settings and statistics), "rows" (one dict
+        dict: "reference" (its settings and statistics), "reference_repeat"
+        (a row for the reference redrawn with seed + 1, or None), "rows" (one dict
         with the `QUALITY_FIELDS` per pair), "k_max", "num_maps",
         "num_samples", "box_size", "levels"; JSON-serialisable.
 
@@ -617,10 +625,15 @@ def quality_vs_steps(
     dark_matter = np.asarray(dark_matter, np.float64)
     box = _box_size(dark_matter.shape[-1], box_size)
 
-    def draw(sampler, num_steps):
+    def draw(sampler, num_steps, draw_seed=seed):
         start = time.perf_counter()
         samples = model.sample(
-            stellar_mass, num_samples=num_samples, num_steps=num_steps, seed=seed, sampler=sampler, batch_size=batch_size
+            stellar_mass,
+            num_samples=num_samples,
+            num_steps=num_steps,
+            seed=draw_seed,
+            sampler=sampler,
+            batch_size=batch_size,
         )
         seconds = time.perf_counter() - start
         return samples.astype(np.float64), seconds
@@ -639,33 +652,33 @@ def quality_vs_steps(
 
     width = np.diff(DEFAULT_LOG10_SIGMA_BINS)
 
-    rows = []
-    for sampler in samplers:
-        for num_steps in steps:
-            row = {"sampler": sampler, "num_steps": int(num_steps), "network_evaluations": evaluations(num_steps)}
-            samples, row["seconds"] = draw(sampler, int(num_steps))
-            if not np.all(np.isfinite(samples)) or np.any(samples <= 0):
-                row.update({field: None for field in QUALITY_FIELDS if field not in row})
-                row["error"] = "non-finite or non-positive samples"
-                rows.append(row)
-                continue
-            stats = _sample_statistics(samples, dark_matter, box, k_max)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rel = np.abs(stats["power_ratio"][low_k] / ref["power_ratio"][low_k] - 1.0)
-            row.update(
-                power_ratio_error_vs_reference=float(np.nanmean(rel)),
-                power_ratio_error_vs_truth=float(np.nanmean(np.abs(stats["power_ratio"][low_k] - 1.0))),
-                r_posterior_mean=stats["r_posterior_mean"],
-                r_difference_vs_reference=stats["r_posterior_mean"] - ref["r_posterior_mean"],
-                pdf_distance_vs_reference=float(np.sum(np.abs(stats["pdf"] - ref["pdf"]) * width)),
-                pdf_distance_vs_truth=float(np.sum(np.abs(stats["pdf"] - pdf_true) * width)),
-                coverage=[float(c) for c in stats["coverage"]],
-                coverage_difference_vs_reference_points=float(
-                    100.0 * np.max(np.abs(np.asarray(stats["coverage"]) - np.asarray(ref["coverage"])))
-                ),
-                error=None,
-            )
-            rows.append(row)
+    def measure(sampler, num_steps, draw_seed=seed):
+        row = {"sampler": sampler, "num_steps": int(num_steps), "network_evaluations": evaluations(num_steps)}
+        samples, row["seconds"] = draw(sampler, int(num_steps), draw_seed)
+        if not np.all(np.isfinite(samples)) or np.any(samples <= 0):
+            row.update({field: None for field in QUALITY_FIELDS if field not in row})
+            row["error"] = "non-finite or non-positive samples"
+            return row
+        stats = _sample_statistics(samples, dark_matter, box, k_max)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.abs(stats["power_ratio"][low_k] / ref["power_ratio"][low_k] - 1.0)
+        row.update(
+            power_ratio_error_vs_reference=float(np.nanmean(rel)),
+            power_ratio_error_vs_truth=float(np.nanmean(np.abs(stats["power_ratio"][low_k] - 1.0))),
+            r_posterior_mean=stats["r_posterior_mean"],
+            r_difference_vs_reference=stats["r_posterior_mean"] - ref["r_posterior_mean"],
+            pdf_distance_vs_reference=float(np.sum(np.abs(stats["pdf"] - ref["pdf"]) * width)),
+            pdf_distance_vs_truth=float(np.sum(np.abs(stats["pdf"] - pdf_true) * width)),
+            coverage=[float(c) for c in stats["coverage"]],
+            coverage_difference_vs_reference_points=float(
+                100.0 * np.max(np.abs(np.asarray(stats["coverage"]) - np.asarray(ref["coverage"])))
+            ),
+            error=None,
+        )
+        return row
+
+    repeat = measure(reference_sampler, reference_steps, seed + 1) if noise_floor else None
+    rows = [measure(sampler, num_steps) for sampler in samplers for num_steps in steps]
     reference = {
         "sampler": reference_sampler,
         "num_steps": int(reference_steps),
@@ -679,6 +692,7 @@ def quality_vs_steps(
     return json_safe(
         {
             "reference": reference,
+            "reference_repeat": repeat,
             "rows": rows,
             "k_max": float(k_max),
             "num_maps": int(len(stellar_mass)),
@@ -921,6 +935,16 @@ def format_table(result):
                 f"r {_fmt(ref['r_posterior_mean'], '.3f')}, coverage "
                 + "/".join(_fmt(c, ".2f") for c in ref["coverage"])
                 + f" at {'/'.join(format(lv, 'g') for lv in quality['levels'])}.",
+            ]
+            repeat = quality.get("reference_repeat")
+            if repeat and not repeat.get("error"):
+                lines.append(
+                    f"Noise floor (the reference redrawn with another seed): P-ratio err "
+                    f"{repeat['power_ratio_error_vs_reference']:.4f}, r - r_ref "
+                    f"{repeat['r_difference_vs_reference']:+.3f}, PDF dist {repeat['pdf_distance_vs_reference']:.4f}, "
+                    f"max cov diff {repeat['coverage_difference_vs_reference_points']:.1f} pts."
+                )
+            lines += [
                 "",
                 "| sampler | steps | evals | s | P-ratio err vs ref | P-ratio err vs truth | r(k) of mean "
                 "| r - r_ref | PDF dist vs ref | PDF dist vs truth | coverage | max cov diff (pts) |",

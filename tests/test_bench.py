@@ -129,6 +129,10 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
         assert len(row["coverage"]) == len(quality["levels"])
         assert all(0 <= c <= 1 for c in row["coverage"])
         assert -1 <= row["r_posterior_mean"] <= 1
+    # The noise floor: the reference redrawn with another seed differs from it, but not by construction.
+    repeat = quality["reference_repeat"]
+    assert (repeat["sampler"], repeat["num_steps"], repeat["error"]) == ("ancestral", 4, None)
+    assert repeat["power_ratio_error_vs_reference"] > 0
     result = {
         "machine": {"cpu_count": 2},
         "settings": {"preset": "tiny", "batch_size": 2},
@@ -138,6 +142,7 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
     }
     table = bench.format_table(result)
     assert "P-ratio err vs ref" in table and "| dpm_solver_2m | 3 |" in table
+    assert "Noise floor" in table
 
 
 def test_quality_needs_two_samples_and_both_inputs():
