@@ -137,6 +137,10 @@ def _add_reconstruct(subparsers):
     parser.add_argument("--out", default="reconstruction.h5", help="output HDF5 file")
     parser.add_argument("--png", help="also write a figure here (default: next to --out)")
     parser.add_argument("--no-png", action="store_true", help="do not write a figure")
+    parser.add_argument(
+        "--tile-size", type=int, help="sample large maps through overlapping periodic tiles of this size (.keras models)"
+    )
+    parser.add_argument("--tile-margin", type=int, default=32, help="context pixels around each tile")
     parser.set_defaults(func=_run_reconstruct)
 
 
@@ -154,6 +158,8 @@ def _run_reconstruct(args):
         seed=args.seed,
         out=args.out,
         png=None if args.no_png else (args.png or os.path.splitext(args.out)[0] + ".png"),
+        tile_size=args.tile_size,
+        tile_margin=args.tile_margin,
     )
     for name, path in outputs.items():
         print(f"{name}: {path}")

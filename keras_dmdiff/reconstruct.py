@@ -65,20 +65,44 @@ def read_maps(path, h5_dataset="stellar_mass"):
     raise ValueError(f"Unsupported map file {path}: use .npy, .npz or .h5.")
 
 
-def load_sampler(model=None):
+def load_sampler(model=None, tile_size=None, tile_margin=32):
     """A callable (stellar_mass, num_samples, num_steps, seed, sampler) -> samples, and its description.
 
     Args:
         model: a .keras file, a SavedModel folder, a VariationalDiffusion, or
             None for the shipped model.
+        tile_size: None, or denoise overlapping periodic tiles of this size at
+            every step (bounded memory for large maps; .keras models only).
+        tile_margin: context pixels around each tile.
     """
     from keras_dmdiff import evaluation
 
     if model is not None and not isinstance(model, (str, pathlib.Path)):
-        return evaluation.as_sampler(model), {"model": type(model).__name__}
-    path = pathlib.Path(model) if model is not None else shipped_model_path()
-    draw, _ = evaluation.load_sampler(path)
-    return draw, {"model": str(path), "format": "SavedModel" if path.is_dir() else "keras"}
+        loaded, description = model, {"model": type(model).__name__}
+    else:
+        path = pathlib.Path(model) if model is not None else shipped_model_path()
+        _, loaded = evaluation.load_sampler(path)
+        description = {"model": str(path), "format": "SavedModel" if path.is_dir() else "keras"}
+    if tile_size is None:
+        return evaluation.as_sampler(loaded), description
+    sample = getattr(loaded, "sample", None)
+    if sample is None or not evaluation._accepts_keyword(sample, "tile_size"):
+        raise ValueError("Tiled sampling needs a .keras model (a VariationalDiffusion), not a SavedModel.")
+    description.update(tile_size=int(tile_size), tile_margin=int(tile_margin))
+
+    def draw(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral"):
+        return sample(
+            stellar_mass,
+            num_samples=num_samples,
+            num_steps=num_steps,
+            seed=seed,
+            sampler=sampler,
+            batch_size=1,
+            tile_size=tile_size,
+            tile_margin=tile_margin,
+        )
+
+    return draw, description
 
 
 def reconstruct(
@@ -93,6 +117,8 @@ def reconstruct(
     seed=0,
     out="reconstruction.h5",
     png=None,
+    tile_size=None,
+    tile_margin=32,
 ):
     """Posterior dark-matter samples for stellar-mass maps, written to HDF5 (and a PNG).
 
@@ -104,6 +130,10 @@ def reconstruct(
         num_samples, num_steps, sampler, seed: sampling settings.
         out: output HDF5 path.
         png: figure path, or None for no figure.
+        tile_size: None, or sample through overlapping periodic tiles of this
+            size (a multiple of the network's stride that divides H and W):
+            memory then stays bounded for large maps (a 2048x2048 map).
+        tile_margin: context pixels around each tile.
 
     Returns:
         dict of written paths ("samples", and "figure" when drawn).
@@ -124,7 +154,7 @@ def reconstruct(
     else:
         raise ValueError("Give stellar-mass maps (a path or an array) or example=True.")
     stellar = validate_maps(stellar, "stellar_mass")
-    draw, description = load_sampler(model)
+    draw, description = load_sampler(model, tile_size, tile_margin)
     samples = np.asarray(draw(stellar, num_samples=num_samples, num_steps=num_steps, seed=seed, sampler=sampler))
     if samples.shape != (stellar.shape[0], num_samples) + stellar.shape[1:]:
         raise RuntimeError(f"The model returned samples of shape {samples.shape}; expected [B, S, H, W].")

@@ -100,3 +100,29 @@ def test_mock_then_train_from_the_command_line(tmp_path):
         args += ["--set", f"{key}={value}"]
     assert cli.main(args) == 0
     assert (run / "model.keras").exists() and (run / "history.csv").exists()
+
+
+def test_reconstruct_in_tiles_matches_tiled_sampling(tiny_model_path, tmp_path):
+    import json
+
+    import keras
+
+    maps_path = tmp_path / "stars.npy"
+    np.save(maps_path, stellar_maps(1))
+    out = tmp_path / "tiled.h5"
+    assert cli.main(["reconstruct", str(maps_path), "--model", str(tiny_model_path), "--num-samples", "2",
+                     "--steps", "3", "--seed", "5", "--tile-size", "16", "--tile-margin", "8",
+                     "--out", str(out), "--no-png"]) == 0  # fmt: skip
+    model = keras.saving.load_model(tiny_model_path)
+    expected = model.sample(stellar_maps(1), num_samples=2, num_steps=3, seed=5, batch_size=1, tile_size=16, tile_margin=8)
+    with h5py.File(out) as handle:
+        np.testing.assert_allclose(handle["samples"][...], expected, rtol=1e-5)
+        assert json.loads(handle.attrs["model"])["tile_size"] == 16
+
+
+def test_reconstruct_in_tiles_reports_bad_tiles(tiny_model_path, tmp_path, capsys):
+    maps_path = tmp_path / "stars.npy"
+    np.save(maps_path, stellar_maps(1))
+    code = cli.main(["reconstruct", str(maps_path), "--model", str(tiny_model_path), "--steps", "2",
+                     "--tile-size", "12", "--out", str(tmp_path / "x.h5")])  # fmt: skip
+    assert code == 2 and "tile_size" in capsys.readouterr().err
