@@ -102,7 +102,17 @@ def project_maps(pos, weights, classes, num_classes, box_size, map_size, starts,
     n_slabs = len(starts)
     out = np.zeros((3, n_slabs, num_classes, map_size, map_size))
     pix = map_size / box_size
-    size = n_slabs * num_classes * map_size * map_size
+    # Particles in chunks: the temporaries stay bounded for 512^3 particles.
+    chunk = 1 << 22
+    for begin in range(0, len(pos), chunk):
+        part = slice(begin, begin + chunk)
+        _project_chunk(out, pos[part], weights[part], classes[part], num_classes, pix, map_size, starts, thickness)
+    return out.reshape(3 * n_slabs, num_classes, map_size, map_size)
+
+
+def _project_chunk(out, pos, weights, classes, num_classes, pix, map_size, starts, thickness):
+    """Adds the CIC projection of some particles to `out` [3, S, C, M, M] (see `project_maps`)."""
+    size = out[0].size
     for axis in range(3):
         u_axis, v_axis = [i for i in range(3) if i != axis]
         slab = _slab_index(pos[:, axis], starts, thickness)
@@ -123,7 +133,6 @@ def project_maps(pos, weights, classes, num_classes, box_size, map_size, starts,
                 jv = (iv + dv) % map_size
                 flat = (base + ju) * map_size + jv
                 out[axis].reshape(-1)[:] += np.bincount(flat, weights=w * wu * wv, minlength=size)
-    return out.reshape(3 * n_slabs, num_classes, map_size, map_size)
 
 
 def _classes(sigma, sigma_min, sigma_max, num_classes):
@@ -228,30 +237,20 @@ def find_halos(pos, box_size, fine_size, *, threshold=80.0, min_particles=20):
         True
     """
     n = int(fine_size)
-    cell = np.floor(pos * (n / box_size)).astype(np.intp) % n
+    # Only occupied cells are stored (a 2N^3 dense grid at N = 512 would need
+    # tens of GB): cells and their counts come from sorting the particles.
+    cell = np.floor(pos * (n / box_size)).astype(np.int64) % n
     flat = (cell[:, 0] * n + cell[:, 1]) * n + cell[:, 2]
-    counts = np.bincount(flat, minlength=n**3)
+    del cell
+    occupied, particle_cell, occupancy = np.unique(flat, return_inverse=True, return_counts=True)
+    del flat
     mean = len(pos) / n**3
-    mask = (counts >= max(threshold * mean, 2.0)).reshape(n, n, n)
-    lab, nlab = scipy.ndimage.label(mask)
-    if nlab:
-        # Periodic boundaries: merge labels that touch across opposite faces.
-        pairs = []
-        for axis in range(3):
-            a = np.take(lab, 0, axis=axis).ravel()
-            b = np.take(lab, n - 1, axis=axis).ravel()
-            both = (a > 0) & (b > 0)
-            pairs.append(np.stack([a[both], b[both]], 1))
-        pairs = np.concatenate(pairs)
-        graph = scipy.sparse.coo_matrix(
-            (np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nlab + 1, nlab + 1)
-        )
-        _, comp = scipy.sparse.csgraph.connected_components(graph, directed=False)
-        lab_flat = lab.ravel()
-        halo_of_cell = np.where(lab_flat > 0, comp[lab_flat], -1)
-    else:
-        halo_of_cell = np.full(n**3, -1)
-    labels = halo_of_cell[flat]
+    dense = occupied[occupancy >= max(threshold * mean, 2.0)]  # sorted flat indices
+    halo_of_dense = _periodic_face_components(dense, n)
+    # Halo of each occupied cell (-1 outside dense cells).
+    halo_of_cell = np.full(len(occupied), -1, np.int64)
+    halo_of_cell[np.searchsorted(occupied, dense)] = halo_of_dense
+    labels = halo_of_cell[particle_cell]
     # Compact ids, dropping small groups.
     valid = labels >= 0
     uniq, inv, cnt = np.unique(labels[valid], return_inverse=True, return_counts=True)
@@ -259,7 +258,35 @@ def find_halos(pos, box_size, fine_size, *, threshold=80.0, min_particles=20):
     new_id = np.where(keep, np.cumsum(keep) - 1, -1)
     out = np.full(len(pos), -1, np.intp)
     out[valid] = new_id[inv]
-    return {"labels": out, "counts": cnt[keep], "cell_count": counts[flat]}
+    return {"labels": out, "counts": cnt[keep], "cell_count": occupancy[particle_cell]}
+
+
+def _periodic_face_components(cells, n):
+    """Connected components of a set of cells of a periodic n^3 grid (face neighbours).
+
+    Args:
+        cells: sorted unique flat indices (i * n + j) * n + k.
+        n: cells per side.
+
+    Returns:
+        [len(cells)] component ids, numbered in the order of each component's
+        lowest flat index (the raster order in which `scipy.ndimage.label`
+        would number them).
+    """
+    if len(cells) == 0:
+        return np.zeros(0, np.int64)
+    i, j, k = cells // (n * n), cells // n % n, cells % n
+    rows, cols = [], []
+    for di, dj, dk in ((1, 0, 0), (0, 1, 0), (0, 0, 1)):
+        neighbour = (((i + di) % n) * n + (j + dj) % n) * n + (k + dk) % n
+        position = np.minimum(np.searchsorted(cells, neighbour), len(cells) - 1)
+        found = cells[position] == neighbour
+        rows.append(np.nonzero(found)[0])
+        cols.append(position[found])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    graph = scipy.sparse.coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(len(cells), len(cells)))
+    _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    return component.astype(np.int64)
 
 
 def place_stars(labels, halo_stellar_mass, density, rng, *, star_mass=1e7, core_fraction=0.1):

@@ -45,11 +45,42 @@ def _wavenumbers(n):
     return kf[:, None, None], kf[None, :, None], kz[None, None, :]
 
 
+#: Particles handled at a time by the CIC routines: bounds their temporary
+#: memory (a 512^3 run has 134 M particles).
+PARTICLE_CHUNK = 1 << 21
+
+
+def _cic_corners(flat, frac, n):
+    """The eight CIC corner cells [8, P] (flat indices) and weights [8, P] float32."""
+    index_type = flat.dtype
+    i0, j0, k0 = flat // (n * n), flat // n % n, flat % n
+    w = (1.0 - frac, frac)
+    corners = np.empty((8, len(flat)), index_type)
+    weights = np.empty((8, len(flat)), np.float32)
+    corner = 0
+    for a in range(2):
+        ia = (i0 + a) % n * n
+        for b in range(2):
+            iab = (ia + (j0 + b) % n) * n
+            wab = w[a][:, 0] * w[b][:, 1]
+            for c in range(2):
+                corners[corner] = iab + (k0 + c) % n
+                weights[corner] = wab * w[c][:, 2]
+                corner += 1
+    return corners, weights
+
+
+def _i_times(k):
+    """1j * k as complex64: a Python 1j would promote every mesh product to complex128."""
+    return (1j * k).astype(np.complex64)
+
+
 def _cic_setup(pos, n):
     """Base cell index and fractional offsets of each particle (pos in cell units)."""
     base = np.floor(pos)
     frac = (pos - base).astype(np.float32)
-    base = base.astype(np.intp) % n
+    # int32 halves the index memory (n^3 < 2^31 up to n = 1290).
+    base = base.astype(np.int32 if n**3 < 2**31 else np.int64) % n
     flat = (base[:, 0] * n + base[:, 1]) * n + base[:, 2]
     return flat, frac
 
@@ -71,20 +102,18 @@ def cic_paint(pos, n, weights=None, setup=None):
         >>> float(m.sum()), float(m.max())
         (1.0, 0.125)
     """
-    flat, frac = setup if setup is not None else _cic_setup(pos, n)
-    w = (1.0 - frac, frac)
-    mesh = np.zeros((n, n, n))
-    # Why: one index array for all 8 corners (bincount on the base cell with
-    # the corner's weight, then a roll) is ~2x faster than 8 index arrays.
-    for a in range(2):
-        for b in range(2):
-            wab = w[a][:, 0] * w[b][:, 1]
-            if weights is not None:
-                wab = wab * weights
-            for c in range(2):
-                corner = np.bincount(flat, weights=wab * w[c][:, 2], minlength=n**3)
-                mesh += np.roll(corner.reshape(n, n, n), (a, b, c), axis=(0, 1, 2))
-    return mesh
+    mesh = np.zeros(n**3)
+    for begin in range(0, len(pos), PARTICLE_CHUNK):
+        chunk = slice(begin, begin + PARTICLE_CHUNK)
+        if setup is not None:
+            flat, frac = setup[0][chunk], setup[1][chunk]
+        else:
+            flat, frac = _cic_setup(pos[chunk], n)
+        corners, corner_weights = _cic_corners(flat, frac, n)
+        if weights is not None:
+            corner_weights = corner_weights * np.asarray(weights, np.float32)[chunk][None, :]
+        mesh += np.bincount(corners.reshape(-1), weights=corner_weights.reshape(-1), minlength=n**3)
+    return mesh.reshape(n, n, n)
 
 
 def cic_readout(fields, pos, setup=None):
@@ -103,26 +132,22 @@ def cic_readout(fields, pos, setup=None):
         >>> float(cic_readout(f, np.array([[0.5, 0.5, 0.5]]))[0])
         3.5
     """
-    fields = np.asarray(fields)
-    single = fields.ndim == 3
-    if single:
-        fields = fields[None]
-    n = fields.shape[-1]
-    flat, frac = setup if setup is not None else _cic_setup(pos, n)
-    w = (1.0 - frac, frac)
-    out = np.zeros((fields.shape[0], flat.shape[0]), np.float32)
-    base = flat
-    for a in range(2):
-        ia = (base // (n * n) + a) % n
-        for b in range(2):
-            ib = (base // n % n + b) % n
-            iab = (ia * n + ib) * n
-            wab = w[a][:, 0] * w[b][:, 1]
-            for c in range(2):
-                idx = iab + (base % n + c) % n
-                wc = wab * w[c][:, 2]
-                for j in range(fields.shape[0]):
-                    out[j] += fields[j].reshape(-1).take(idx) * wc
+    single = isinstance(fields, np.ndarray) and fields.ndim == 3
+    # A list of meshes is read without stacking them (memory at 512^3).
+    fields = [fields] if single else list(fields)
+    n = fields[0].shape[-1]
+    fields = [np.asarray(field, np.float32).reshape(-1) for field in fields]
+    count = len(setup[0]) if setup is not None else len(pos)
+    out = np.zeros((len(fields), count), np.float32)
+    for begin in range(0, count, PARTICLE_CHUNK):
+        chunk = slice(begin, begin + PARTICLE_CHUNK)
+        if setup is not None:
+            flat, frac = setup[0][chunk], setup[1][chunk]
+        else:
+            flat, frac = _cic_setup(pos[chunk], n)
+        corners, corner_weights = _cic_corners(flat, frac, n)
+        for j, field in enumerate(fields):
+            out[j, chunk] = np.sum(field.take(corners) * corner_weights, axis=0)
     return out[0] if single else out
 
 
@@ -195,7 +220,7 @@ def lpt_displacements(delta_k):
     shape = (n, n, n)
     psi1 = np.empty((n**3, 3), np.float32)
     for i in range(3):
-        psi1[:, i] = scipy.fft.irfftn(-1j * kvec[i] * phi1, s=shape).reshape(-1)
+        psi1[:, i] = scipy.fft.irfftn(_i_times(-kvec[i]) * phi1, s=shape).reshape(-1)
     # Second-order source from the six second derivatives phi1_ij = -k_i k_j phi1.
     d = {}
     for i in range(3):
@@ -210,14 +235,13 @@ def lpt_displacements(delta_k):
     phi2[0, 0, 0] = 0.0
     psi2 = np.empty((n**3, 3), np.float32)
     for i in range(3):
-        psi2[:, i] = scipy.fft.irfftn(1j * kvec[i] * phi2, s=shape).reshape(-1)
+        psi2[:, i] = scipy.fft.irfftn(_i_times(kvec[i]) * phi2, s=shape).reshape(-1)
     return psi1, psi2
 
 
 def _acceleration(pos, n, extra_density=False):
     """acc = -grad lapl^-1 delta at the particles (cell units), and 1+delta there."""
-    setup = _cic_setup(pos, n)
-    mesh = cic_paint(pos, n, setup=setup)
+    mesh = cic_paint(pos, n)
     mean = pos.shape[0] / n**3
     delta = (mesh / mean - 1.0).astype(np.float32)
     dk = scipy.fft.rfftn(delta)
@@ -226,10 +250,11 @@ def _acceleration(pos, n, extra_density=False):
     k2[0, 0, 0] = 1.0
     pot = dk / k2  # -lapl^-1 delta
     pot[0, 0, 0] = 0.0
-    fields = [scipy.fft.irfftn(1j * kk * pot, s=(n, n, n)) for kk in (kx, ky, kz)]
+    fields = [scipy.fft.irfftn(_i_times(kk) * pot, s=(n, n, n)) for kk in (kx, ky, kz)]
+    del dk, pot
     if extra_density:
         fields.append(delta + 1.0)
-    values = cic_readout(np.stack(fields), pos, setup=setup)
+    values = cic_readout(fields, pos)
     acc = values[:3].T
     rho = values[3] if extra_density else None
     return acc, rho, mesh
