@@ -211,8 +211,9 @@ def large_box_config(box_size, *, reference_box=25.0, reference_grid=128, refere
     The particle mass and the pixel (97.66 kpc/h) stay those of N=128 in
     25 Mpc/h; by default 5 slabs of 5 Mpc/h per axis are projected (one
     every box/5), so a simulation gives 15 maps, each (box/25)^2 times CMD's
-    area. Memory grows as grid_size^3: ~0.1 GB per million particles
-    (100 Mpc/h -> 512^3 particles: ~13 GB and tens of minutes on 2 cores).
+    area. Memory grows as grid_size^3: a 256^3 run (50 Mpc/h) peaked at
+    2.3 GiB; a 512^3 run (100 Mpc/h) reached 9 GiB during its N-body steps
+    and needs tens of minutes on 2 cores.
 
     Args:
         box_size: box side in Mpc/h (e.g. 100 or 200).
