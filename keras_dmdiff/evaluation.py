@@ -76,7 +76,7 @@ _RESUME_KEYS = ("num_samples", "num_steps", "seed", "sampler", "maps_per_call")
 
 
 # ----------------------------------------------------------------------------- samplers
-def as_sampler(sampler_or_model, batch_size=16):
+def as_sampler(sampler_or_model, batch_size=16, **sample_options):
     """A sampling function `(stellar_mass, num_samples, num_steps, seed, sampler) -> [B, S, H, W]`.
 
     Args:
@@ -87,6 +87,8 @@ def as_sampler(sampler_or_model, batch_size=16):
             `ExportedSampler` that `keras_dmdiff.export.load_exported` returns).
         batch_size: network batch size passed to `model.sample`, or to a
             callable that takes a `batch_size` keyword.
+        **sample_options: further keywords of `model.sample` (e.g.
+            `tile_size`, `tile_margin`).
 
     Returns:
         The sampling function.
@@ -113,6 +115,7 @@ def as_sampler(sampler_or_model, batch_size=16):
                 seed=seed,
                 sampler=sampler,
                 batch_size=batch_size,
+                **sample_options,
             )
 
         return draw

@@ -89,20 +89,7 @@ def load_sampler(model=None, tile_size=None, tile_margin=32):
     if sample is None or not evaluation._accepts_keyword(sample, "tile_size"):
         raise ValueError("Tiled sampling needs a .keras model (a VariationalDiffusion), not a SavedModel.")
     description.update(tile_size=int(tile_size), tile_margin=int(tile_margin))
-
-    def draw(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral"):
-        return sample(
-            stellar_mass,
-            num_samples=num_samples,
-            num_steps=num_steps,
-            seed=seed,
-            sampler=sampler,
-            batch_size=1,
-            tile_size=tile_size,
-            tile_margin=tile_margin,
-        )
-
-    return draw, description
+    return evaluation.as_sampler(loaded, batch_size=1, tile_size=tile_size, tile_margin=tile_margin), description
 
 
 def reconstruct(

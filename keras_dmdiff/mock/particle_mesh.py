@@ -70,6 +70,15 @@ def _cic_corners(flat, frac, n):
     return corners, weights
 
 
+def _cic_chunks(pos, n, setup=None):
+    """Yields (slice, corners, weights) of `_cic_corners` for `PARTICLE_CHUNK` particles at a time."""
+    count = len(setup[0]) if setup is not None else len(pos)
+    for begin in range(0, count, PARTICLE_CHUNK):
+        chunk = slice(begin, begin + PARTICLE_CHUNK)
+        flat, frac = (setup[0][chunk], setup[1][chunk]) if setup is not None else _cic_setup(pos[chunk], n)
+        yield (chunk, *_cic_corners(flat, frac, n))
+
+
 def _i_times(k):
     """1j * k as complex64: a Python 1j would promote every mesh product to complex128."""
     return (1j * k).astype(np.complex64)
@@ -103,13 +112,7 @@ def cic_paint(pos, n, weights=None, setup=None):
         (1.0, 0.125)
     """
     mesh = np.zeros(n**3)
-    for begin in range(0, len(pos), PARTICLE_CHUNK):
-        chunk = slice(begin, begin + PARTICLE_CHUNK)
-        if setup is not None:
-            flat, frac = setup[0][chunk], setup[1][chunk]
-        else:
-            flat, frac = _cic_setup(pos[chunk], n)
-        corners, corner_weights = _cic_corners(flat, frac, n)
+    for chunk, corners, corner_weights in _cic_chunks(pos, n, setup):
         if weights is not None:
             corner_weights = corner_weights * np.asarray(weights, np.float32)[chunk][None, :]
         mesh += np.bincount(corners.reshape(-1), weights=corner_weights.reshape(-1), minlength=n**3)
@@ -137,15 +140,8 @@ def cic_readout(fields, pos, setup=None):
     fields = [fields] if single else list(fields)
     n = fields[0].shape[-1]
     fields = [np.asarray(field, np.float32).reshape(-1) for field in fields]
-    count = len(setup[0]) if setup is not None else len(pos)
-    out = np.zeros((len(fields), count), np.float32)
-    for begin in range(0, count, PARTICLE_CHUNK):
-        chunk = slice(begin, begin + PARTICLE_CHUNK)
-        if setup is not None:
-            flat, frac = setup[0][chunk], setup[1][chunk]
-        else:
-            flat, frac = _cic_setup(pos[chunk], n)
-        corners, corner_weights = _cic_corners(flat, frac, n)
+    out = np.zeros((len(fields), len(setup[0]) if setup is not None else len(pos)), np.float32)
+    for chunk, corners, corner_weights in _cic_chunks(pos, n, setup):
         for j, field in enumerate(fields):
             out[j, chunk] = np.sum(field.take(corners) * corner_weights, axis=0)
     return out[0] if single else out
