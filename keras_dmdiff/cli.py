@@ -132,7 +132,11 @@ def _add_reconstruct(subparsers):
     parser.add_argument("--model", help=".keras file or SavedModel folder (default: the shipped model)")
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--steps", type=int, default=250, help="reverse-diffusion steps")
-    parser.add_argument("--sampler", default="ancestral", help="ancestral or ddim")
+    parser.add_argument(
+        "--sampler",
+        default="ancestral",
+        help="ancestral, ddim, dpm_solver_2m or dpm_solver_2m_sde (a SavedModel has the ones it was exported with)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="reconstruction.h5", help="output HDF5 file")
     parser.add_argument("--png", help="also write a figure here (default: next to --out)")
@@ -179,7 +183,7 @@ def _add_evaluate(subparsers):
     parser.add_argument("--manual-dir", help="folder of the CMD files")
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--steps", type=int, default=250)
-    parser.add_argument("--sampler", default="ancestral")
+    parser.add_argument("--sampler", default="ancestral", help="ancestral, ddim, dpm_solver_2m or dpm_solver_2m_sde")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-maps", type=int, default=None)
     parser.add_argument("--out", required=True, help="output folder")
@@ -251,9 +255,20 @@ def _add_bench(subparsers):
     parser.add_argument("--quality-data", help="held-out maps: .npz (stellar_mass, dark_matter) or a CMD folder")
     parser.add_argument("--quality-set", default="CV", help="CMD set read from a --quality-data folder")
     parser.add_argument("--quality-suite", default="IllustrisTNG", help="CMD suite read from a --quality-data folder")
-    parser.add_argument("--samplers", default="ancestral,ddim,dpm_solver_2m", help="samplers of the quality table")
-    parser.add_argument("--quality-steps", default="10,25,50,100", help="step counts of the quality table")
+    parser.add_argument(
+        "--samplers", default="ancestral,ddim,dpm_solver_2m,dpm_solver_2m_sde", help="samplers of the quality table"
+    )
+    parser.add_argument("--quality-steps", default="10,25,50,125", help="step counts of the quality table")
     parser.add_argument("--reference-steps", type=int, default=250, help="steps of the ancestral reference")
+    parser.add_argument(
+        "--converged-steps", type=int, help="also run the reference sampler with this many steps (its own error)"
+    )
+    parser.add_argument(
+        "--independent-noise", action="store_true", help="draw each quality row with its own noise (not coupled)"
+    )
+    parser.add_argument(
+        "--no-noise-floor", action="store_true", help="skip redrawing the reference with another seed"
+    )
     parser.add_argument("--quality-samples", type=int, default=8, help="posterior samples per held-out map")
     parser.add_argument("--quality-maps", type=int, default=4, help="held-out maps used")
     parser.add_argument("--quality-crop", type=int, help="crop held-out maps to this size")
@@ -290,6 +305,9 @@ def _run_bench(args):
         quality_crop=args.quality_crop,
         quality_suite=args.quality_suite,
         quality_set=args.quality_set,
+        quality_converged_steps=args.converged_steps,
+        quality_coupled=not args.independent_noise,
+        quality_noise_floor=not args.no_noise_floor,
         large_map_size=args.large_map_size,
         large_map_tile=args.large_map_tile,
         large_map_margin=args.large_map_margin,

@@ -109,29 +109,40 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
     model.save(tmp_path / "model.keras")
     stellar, dark = bench._random_maps(3, 16, seed=1)
     np.savez(tmp_path / "held_out.npz", stellar_mass=stellar, dark_matter=dark)
-    # Through the worker's entry point: loading, two samplers x two step counts, JSON out.
+    # Through the worker's entry point: loading, three samplers x two step counts, a convergence check, JSON out.
     bench._worker_main(
         ["quality", "--model", str(tmp_path / "model.keras"), "--data", str(tmp_path / "held_out.npz"),
-         "--samplers", "ddim,dpm_solver_2m", "--steps", "2,3", "--reference-steps", "4",
-         "--num-samples", "2", "--batch-size", "4", "--max-maps", "2"]
+         "--samplers", "ancestral,ddim,dpm_solver_2m_sde", "--steps", "2,4", "--reference-steps", "4",
+         "--converged-steps", "8", "--num-samples", "2", "--batch-size", "4", "--max-maps", "2"]
     )  # fmt: skip
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(bench._JSON_PREFIX)][-1]
     quality = json.loads(line[len(bench._JSON_PREFIX) :])
     assert quality["num_maps"] == 2 and quality["num_samples"] == 2
     assert quality["reference"]["sampler"] == "ancestral" and quality["reference"]["num_steps"] == 4
-    assert [(row["sampler"], row["num_steps"]) for row in quality["rows"]] == [
-        ("ddim", 2), ("ddim", 3), ("dpm_solver_2m", 2), ("dpm_solver_2m", 3)
+    assert quality["noise_steps"] == 8  # the least common multiple of 2, 4 and 8
+    assert [(row["sampler"], row["num_steps"], row["coupling"]) for row in quality["rows"]] == [
+        ("ancestral", 2, "noise path"), ("ancestral", 4, "noise path"),
+        ("ddim", 2, "initial noise"), ("ddim", 4, "initial noise"),
+        ("dpm_solver_2m_sde", 2, "noise path"), ("dpm_solver_2m_sde", 4, "noise path"),
+        ("ancestral", 8, "noise path"),
     ]  # fmt: skip
+    assert quality["rows"][-1]["convergence_check"] is True
     for row in quality["rows"]:
-        assert set(row) == set(bench.QUALITY_FIELDS)
+        assert set(row) - {"convergence_check"} == set(bench.QUALITY_FIELDS)
         assert row["error"] is None
         assert row["power_ratio_error_vs_reference"] >= 0 and row["pdf_distance_vs_reference"] >= 0
-        assert len(row["coverage"]) == len(quality["levels"])
+        assert row["mean_power_ratio_difference_se"] >= 0
+        assert len(row["coverage"]) == len(row["coverage_difference_points"]) == len(quality["levels"])
         assert all(0 <= c <= 1 for c in row["coverage"])
         assert -1 <= row["r_posterior_mean"] <= 1
+    # The reference sampler at the reference's steps, coupled, is the reference itself: no difference, no noise.
+    same = quality["rows"][1]
+    assert same["mean_power_ratio_difference"] == 0 and same["mean_power_ratio_difference_se"] == 0
+    assert same["coverage_difference_vs_reference_points"] == 0
+    assert quality["rows"][0]["mean_power_ratio_difference"] != 0
     # The noise floor: the reference redrawn with another seed differs from it, but not by construction.
     repeat = quality["reference_repeat"]
-    assert (repeat["sampler"], repeat["num_steps"], repeat["error"]) == ("ancestral", 4, None)
+    assert (repeat["sampler"], repeat["num_steps"], repeat["coupling"], repeat["error"]) == ("ancestral", 4, "none", None)
     assert repeat["power_ratio_error_vs_reference"] > 0
     result = {
         "machine": {"cpu_count": 2},
@@ -141,7 +152,8 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
         "quality": quality,
     }
     table = bench.format_table(result)
-    assert "P-ratio err vs ref" in table and "| dpm_solver_2m | 3 |" in table
+    assert "mean P ratio / ref - 1" in table and "| dpm_solver_2m_sde | 4 |" in table
+    assert "| ancestral (convergence check) | 8 |" in table and "one grid of 8 steps" in table
     assert "Noise floor" in table
 
 

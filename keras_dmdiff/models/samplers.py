@@ -103,7 +103,36 @@ def dpm_solver_2m_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
     return z_s, (x_hat, h, ops.ones_like(has_previous))
 
 
-SAMPLERS = {"ancestral": ancestral_step, "ddim": ddim_step, "dpm_solver_2m": dpm_solver_2m_step}
+def dpm_solver_2m_sde_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, midpoint form): a second-order ancestral step.
+
+    Its first-order part is exactly `ancestral_step` written with the data
+    prediction x_hat (the same mean and the same noise scale); the second-order
+    part adds half the change of x_hat since the previous step, scaled by the
+    ratio of log-SNR steps. It therefore consumes the same noise as ancestral
+    sampling, which lets `coupled_noise` pair it with a finer ancestral run.
+    """
+    x_previous, h_previous, has_previous = history
+    alpha_t, sigma_t = alpha_sigma(gamma_t)
+    alpha_s, sigma_s = alpha_sigma(gamma_s)
+    x_hat = (z_t - sigma_t * eps_hat) / alpha_t
+    h = 0.5 * (gamma_t - gamma_s)
+    kept = ops.exp(gamma_s - gamma_t)  # exp(-2h): the share of z_t that the step keeps
+    # Guarded so the unused branch of the first step never divides by zero.
+    ratio = h / ops.where(has_previous > 0, h_previous, h)
+    data = x_hat + ops.where(has_previous > 0, 0.5 * ratio * (x_hat - x_previous), ops.zeros_like(x_hat))
+    z_s = (alpha_s / alpha_t) * kept * z_t + alpha_s * (1.0 - kept) * data + sigma_s * ops.sqrt(1.0 - kept) * noise
+    return z_s, (x_hat, h, ops.ones_like(has_previous))
+
+
+SAMPLERS = {
+    "ancestral": ancestral_step,
+    "ddim": ddim_step,
+    "dpm_solver_2m": dpm_solver_2m_step,
+    "dpm_solver_2m_sde": dpm_solver_2m_sde_step,
+}
+# Samplers that consume fresh noise at every step; the others are ODE solvers.
+STOCHASTIC_SAMPLERS = frozenset({"ancestral", "dpm_solver_2m_sde"})
 
 
 def get_step(sampler):
@@ -112,7 +141,48 @@ def get_step(sampler):
     return SAMPLERS[sampler]
 
 
-def run_sampler(denoise, schedule, condition, seed, num_steps, sampler="ancestral"):
+def noise_group(num_steps, noise_steps):
+    """Fine noise steps per sampler step; checks that `noise_steps` is a multiple of `num_steps`."""
+    if noise_steps is None:
+        return 1
+    num_steps, noise_steps = int(num_steps), int(noise_steps)
+    if noise_steps < num_steps or noise_steps % num_steps:
+        raise ValueError(
+            f"noise_steps ({noise_steps}) must be a multiple of num_steps ({num_steps}) "
+            "so that every step's noise sums whole steps of the finer grid."
+        )
+    return noise_steps // num_steps
+
+
+def coupled_noise(shape, seed, step, group, noise_steps, schedule):
+    """The noise of one coarse ancestral step, built from `group` steps of a finer grid.
+
+    The fine grid has `noise_steps` uniform steps, and its step j draws
+    `stateless_normal(shape, seed, j)`, exactly as a `noise_steps`-step
+    ancestral sampler does. The coarse step `step` covers fine steps
+    step * group ... step * group + group - 1 and returns their noises summed
+    with the weights that the fine sampler gives them (its per-step standard
+    deviations), renormalised to unit variance. The result is still exactly
+    standard normal, so the coarse sampler is unchanged in distribution; it
+    is only strongly correlated with the fine sampler of the same seed, like
+    the coarse and fine levels of multilevel Monte Carlo.
+    """
+    total = float(noise_steps)
+
+    def body(m, state):
+        weighted, weight_sq = state
+        j = step * group + m
+        t = (total - ops.cast(j, "float32")) / total
+        s = (total - ops.cast(j, "float32") - 1.0) / total
+        gamma_t, gamma_s = schedule(t), schedule(s)
+        variance = ops.sigmoid(gamma_s) * -ops.expm1(gamma_s - gamma_t)
+        return weighted + ops.sqrt(variance) * stateless_normal(shape, seed, j), weight_sq + variance
+
+    weighted, weight_sq = ops.fori_loop(0, group, body, (ops.zeros(shape), ops.zeros(())))
+    return weighted / ops.sqrt(weight_sq)
+
+
+def run_sampler(denoise, schedule, condition, seed, num_steps, sampler="ancestral", noise_steps=None):
     """Draws z_0 / alpha_0 given the condition, in the network's normalised space.
 
     Args:
@@ -123,17 +193,32 @@ def run_sampler(denoise, schedule, condition, seed, num_steps, sampler="ancestra
         num_steps: number of uniform steps from t=1 to t=0: a Python int or an
             int32 scalar tensor (an exported endpoint takes it at run time).
         sampler: a name in `SAMPLERS`.
+        noise_steps: None, or a Python int multiple of `num_steps`: draw the
+            initial noise and every step's noise on a grid of this many steps
+            (`coupled_noise`), so that the result is paired with the
+            `noise_steps`-step ancestral sample of the same seed. Equal to
+            `num_steps` it changes nothing.
 
     Returns:
         [B, H, W, 1] samples of the normalised target.
     """
     step = get_step(sampler)
+    group = noise_group(num_steps, noise_steps)
     gamma_0 = schedule(ops.zeros(()))
     gamma_1 = schedule(ops.ones(()))
-    batch = ops.shape(condition)[0]
+    shape = ops.shape(condition)
+    batch = shape[0]
     total = ops.cast(num_steps, "float32")
-    z = stateless_normal(ops.shape(condition), seed, num_steps)
+    # The initial noise's counter is the noise grid's length, past every step's counter.
+    z = stateless_normal(shape, seed, num_steps if noise_steps is None else noise_steps)
     history = (ops.zeros_like(z), ops.zeros(()), ops.zeros(()))
+
+    def step_noise(i):
+        if sampler not in STOCHASTIC_SAMPLERS:
+            return ops.zeros(shape)  # an ODE step ignores it: do not spend time drawing it
+        if group == 1:
+            return stateless_normal(shape, seed, i)
+        return coupled_noise(shape, seed, i, group, noise_steps, schedule)
 
     def body(i, state):
         z, history = state
@@ -144,8 +229,7 @@ def run_sampler(denoise, schedule, condition, seed, num_steps, sampler="ancestra
         gamma_s = schedule(s)
         gamma_normalised = ops.ones((batch,)) * ((gamma_t - gamma_0) / (gamma_1 - gamma_0))
         eps_hat = denoise(z, condition, gamma_normalised)
-        noise = stateless_normal(ops.shape(condition), seed, i)
-        return step(z, eps_hat, gamma_t, gamma_s, noise, history)
+        return step(z, eps_hat, gamma_t, gamma_s, step_noise(i), history)
 
     z, _ = ops.fori_loop(0, num_steps, body, (z, history))
     alpha_0, _ = alpha_sigma(gamma_0)
