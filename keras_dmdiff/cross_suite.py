@@ -116,7 +116,10 @@ def plot_cross_suite(table, path):
         shown = axis.imshow(grid, cmap=cmap)
         for i in range(len(train_suites)):
             for j in range(len(test_suites)):
-                axis.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w", fontsize=11)
+                # Dark text on light cells, light text on dark ones, so every value stays legible.
+                red, green, blue, _ = shown.cmap(shown.norm(grid[i, j]))
+                ink = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
+                axis.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color=ink, fontsize=11)
         axis.set_xticks(range(len(test_suites)), test_suites)
         axis.set_yticks(range(len(train_suites)), train_suites)
         axis.set_xlabel("tested on")
