@@ -136,9 +136,22 @@ def _median_time(function, repeats, warmup=1):
 
 
 def peak_rss_gib():
-    """Peak resident memory of this process so far, in GiB (Linux: ru_maxrss is in KiB)."""
+    """Peak resident memory of this process so far, in GiB.
+
+    On Linux this is VmHWM of /proc/self/status, the high-water mark of this
+    process's own memory. `getrusage`'s ru_maxrss is not used there: a process
+    started by `subprocess` inherits its parent's peak at the moment of the
+    spawn, so a worker of a 13 GiB parent reports >= 13 GiB whatever it uses.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)  # macOS: bytes, Linux: KiB
 
 
 def matmul_peak(size=2048, repeats=5):

@@ -195,3 +195,25 @@ def test_paper_network_costs_68_gflop_at_256():
     # on both backends; building the 32.7 M-parameter network is cheapest on TF).
     network = network_from_preset("paper")
     assert bench.network_flops(network, 256) / 1e9 == pytest.approx(68.0, abs=0.5)
+
+
+@pytest.mark.backend_independent
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM is Linux's")
+def test_a_worker_reports_its_own_peak_memory_not_its_parents():
+    import subprocess
+    import sys
+
+    # Raise this process's high-water mark by ~1 GiB more than a small child could reach.
+    ballast = np.ones(2**28, np.float32)  # 1 GiB, touched
+    parent_peak = bench.peak_rss_gib()
+    child = subprocess.run(
+        [sys.executable, "-c", "from keras_dmdiff.bench import peak_rss_gib; print(peak_rss_gib())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, KERAS_BACKEND=BACKEND),
+    )
+    del ballast
+    child_peak = float(child.stdout.strip().splitlines()[-1])
+    assert parent_peak > 1.0
+    assert 0.01 < child_peak < parent_peak - 0.5
