@@ -198,16 +198,19 @@ def test_single_sampler_export_with_xla(exported, tmp_path):
     there, compare statistics, and determinism.
     """
     model = exported[0]
+    # Multistep solvers extrapolate the data prediction, which this untrained network makes
+    # wild at 4 huge steps; 10 keep it in range.
+    steps = 10
     path = tmp_path / "sde_only"
     export_saved_model(model, path, samplers="dpm_solver_2m_sde", jit_compile=True)
     loaded = tf.saved_model.load(str(path))
     assert not hasattr(loaded, "sample") and not hasattr(loaded, "draw")
     assert hasattr(loaded, "sample_dpm_solver_2m_sde") and hasattr(loaded, "draw_dpm_solver_2m_sde")
     stars = stellar_maps(2)
-    ours = loaded.sample_dpm_solver_2m_sde(stars, 3, STEPS, 4).numpy()
-    np.testing.assert_array_equal(ours, loaded.sample_dpm_solver_2m_sde(stars, 3, STEPS, 4).numpy())
+    ours = loaded.sample_dpm_solver_2m_sde(stars, 3, steps, 4).numpy()
+    np.testing.assert_array_equal(ours, loaded.sample_dpm_solver_2m_sde(stars, 3, steps, 4).numpy())
     assert np.all(np.isfinite(ours)) and np.all(ours > 0)
-    theirs = model.sample(stars, 3, STEPS, seed=4, sampler="dpm_solver_2m_sde")
+    theirs = model.sample(stars, 3, steps, seed=4, sampler="dpm_solver_2m_sde")
     if keras.backend.backend() == "jax":
         np.testing.assert_allclose(ours, theirs, rtol=2e-4)
     ours, theirs = np.log10(ours), np.log10(theirs)

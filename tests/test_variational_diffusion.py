@@ -101,6 +101,18 @@ def test_sample_rejects_bad_input(maps, kwargs, message):
         model.sample(maps, num_steps=2, **kwargs)
 
 
+def test_a_diverging_sampler_raises_instead_of_returning_inf():
+    model = tiny_model()
+    model.build()
+    # An absurd output layer (a broken or untrained network) sends the samples out of float range.
+    kernel = model.network.conv_out.conv.kernel
+    kernel.assign(np.random.default_rng(3).normal(size=kernel.shape).astype("float32") * 200.0)
+    with pytest.raises(FloatingPointError, match="'ddim' sampler diverged with 4 steps"):
+        model.sample(np.full((2, 16, 16), 1e9, "float32"), num_samples=2, num_steps=4, sampler="ddim")
+    with pytest.raises(ValueError, match="multiple of num_steps"):
+        model.sample(np.full((16, 16), 1e9, "float32"), num_steps=4, noise_steps=10)
+
+
 def test_predict_points_to_sample():
     stars, dm, _ = toy_data(n=4)
     model = tiny_model()

@@ -279,6 +279,10 @@ class VariationalDiffusion(keras.Model):
         Returns:
             numpy float32 [B, num_samples, H, W] physical dark matter.
 
+        Raises:
+            ValueError: bad maps or arguments.
+            FloatingPointError: the sampler diverged (infinite or zero dark matter).
+
         Example:
             >>> reference = model.sample(stars, num_samples=8, num_steps=250)  # doctest: +SKIP
             >>> fast = model.sample(stars, num_samples=8, num_steps=25, noise_steps=250)  # doctest: +SKIP
@@ -319,8 +323,16 @@ class VariationalDiffusion(keras.Model):
             chunk_seed = np.int32((int(seed) * 1_000_003 + chunk) % (2**31 - 1))
             normalised = draw(condition, ops.convert_to_tensor(chunk_seed, "int32"))
             outputs.append(ops.convert_to_numpy(self.transform.dark_matter_from_network(normalised)))
-        samples = np.concatenate(outputs, axis=0)[..., 0]
-        return samples.reshape(count, num_samples, height, width).astype(np.float32)
+        samples = np.concatenate(outputs, axis=0)[..., 0].astype(np.float32)
+        broken = ~np.isfinite(samples) | (samples <= 0)
+        if broken.any():
+            # 10**x overflows or underflows only when the sampler has left the data's range.
+            raise FloatingPointError(
+                f"{broken.mean():.2%} of the sampled dark-matter pixels are infinite, NaN or zero: the "
+                f"{sampler!r} sampler diverged with {int(num_steps)} steps. Use more steps or "
+                "sampler='ancestral', and check that the model is trained."
+            )
+        return samples.reshape(count, num_samples, height, width)
 
     # ------------------------------------------------------------- serialization
     def get_config(self):
