@@ -89,3 +89,29 @@ def test_tensor_number_of_steps_gives_the_same_draws():
         static = run_sampler(oracle_denoiser, schedule, condition, 1, 5, sampler)
         dynamic = run_sampler(oracle_denoiser, schedule, condition, 1, ops.convert_to_tensor(5, "int32"), sampler)
         np.testing.assert_allclose(ops.convert_to_numpy(static), ops.convert_to_numpy(dynamic), atol=1e-5)
+
+
+def test_random_shifts_are_exact_for_an_equivariant_denoiser_and_spread_a_grid():
+    condition = np.zeros((4, 32, 32, 1), "float32")
+    schedule = FixedLinearSchedule(-13.3, 13.3)
+    # The oracle acts pixel by pixel, so rolling its input and output changes nothing.
+    plain = run_sampler(oracle_denoiser, schedule, condition, 3, 20, "ancestral")
+    shifted = run_sampler(oracle_denoiser, schedule, condition, 3, 20, "ancestral", shift_period=16)
+    np.testing.assert_allclose(ops.convert_to_numpy(shifted), ops.convert_to_numpy(plain), atol=1e-5)
+
+    # A denoiser tied to its own pixel grid (like an under-trained U-Net) writes an edge every 16 pixels.
+    column = np.arange(32)[None, None, :, None]
+    grid = ops.convert_to_tensor(np.where(column % 16 == 0, 1.0, 0.0).astype("float32"))
+
+    def gridded(z, condition, gamma_normalised):
+        return oracle_denoiser(z, condition, gamma_normalised) + 0.5 * grid
+
+    def grid_offset(draws):
+        # Mean of the grid columns minus the mean of the others, over maps and rows.
+        columns = draws[..., 0].mean(axis=(0, 1))
+        on_grid = np.arange(32) % 16 == 0
+        return abs(columns[on_grid].mean() - columns[~on_grid].mean())
+
+    fixed = ops.convert_to_numpy(run_sampler(gridded, schedule, condition, 3, 20, "ancestral"))
+    spread = ops.convert_to_numpy(run_sampler(gridded, schedule, condition, 3, 20, "ancestral", shift_period=16))
+    assert grid_offset(fixed) > 4 * grid_offset(spread)

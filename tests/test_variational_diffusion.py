@@ -113,6 +113,19 @@ def test_a_diverging_sampler_raises_instead_of_returning_inf():
         model.sample(np.full((16, 16), 1e9, "float32"), num_steps=4, noise_steps=10)
 
 
+def test_random_shifts_give_reproducible_samples_of_the_same_maps():
+    model = tiny_model()
+    model.build()
+    kernel = model.network.conv_out.conv.kernel
+    kernel.assign(np.random.default_rng(3).normal(size=kernel.shape).astype("float32") * 0.05)
+    stars = np.where(np.random.default_rng(0).random((2, 16, 16)) < 0.2, 1e9, 0.0).astype("float32")
+    shifted = model.sample(stars, num_samples=2, num_steps=6, seed=3, random_shifts=True)
+    np.testing.assert_array_equal(shifted, model.sample(stars, num_samples=2, num_steps=6, seed=3, random_shifts=True))
+    plain = model.sample(stars, num_samples=2, num_steps=6, seed=3)
+    assert shifted.shape == plain.shape and np.all(shifted > 0)
+    assert not np.allclose(shifted, plain)  # the network is not shift-equivariant below its stride
+
+
 def test_predict_points_to_sample():
     stars, dm, _ = toy_data(n=4)
     model = tiny_model()

@@ -44,6 +44,55 @@ def stateless_normal(shape, seed, counter):
     raise NotImplementedError(f"Sampling is implemented for the tensorflow and jax backends, not {backend!r}.")
 
 
+# Counters of the shift stream start here, far above any step or noise-grid counter.
+_SHIFT_COUNTER_OFFSET = 2**30
+
+
+def stateless_shift(seed, counter, period):
+    """Two integers in [0, period) from an integer tensor seed and a step counter (its own stream)."""
+    backend = keras.backend.backend()
+    counter = ops.cast(counter, "int32") + _SHIFT_COUNTER_OFFSET
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        pair = tf.stack([tf.cast(seed, tf.int32), counter])
+        return tf.random.stateless_uniform([2], seed=pair, minval=0, maxval=period, dtype=tf.int32, alg="philox")
+    if backend == "jax":
+        import jax
+
+        key = jax.random.fold_in(jax.random.PRNGKey(ops.cast(seed, "uint32")), ops.cast(counter, "uint32"))
+        return jax.random.randint(key, (2,), 0, period, dtype="int32")
+    raise NotImplementedError(f"Sampling is implemented for the tensorflow and jax backends, not {backend!r}.")
+
+
+def randomly_shifted(denoise, seed, period):
+    """Wraps a denoiser so that each call sees the maps rolled by a random periodic offset.
+
+    A U-Net of total stride `period` is shift-equivariant only for multiples
+    of its stride; an under-trained one leaves edges on its coarsest grid
+    (every `period` pixels) in the samples. Rolling z_t and the condition by
+    a fresh random offset in [0, period)^2 at every step, and rolling the
+    prediction back, is exact on periodic maps and spreads that grid over
+    all positions, so no edge accumulates. It costs two rolls per step.
+
+    Args:
+        denoise: callable (z, condition, gamma_normalised, step) -> eps_hat.
+        seed: int32 scalar tensor.
+        period: the network's stride.
+
+    Returns:
+        A callable with the same signature.
+    """
+
+    def shifted(z, condition, gamma_normalised, step):
+        offset = stateless_shift(seed, step, period)
+        inputs = ops.roll(ops.concatenate([z, condition], axis=-1), (offset[0], offset[1]), axis=(1, 2))
+        eps = denoise(inputs[..., :1], inputs[..., 1:], gamma_normalised, step)
+        return ops.roll(eps, (-offset[0], -offset[1]), axis=(1, 2))
+
+    return shifted
+
+
 def alpha_sigma(gamma):
     """alpha_t, sigma_t of a variance-preserving process from gamma = log SNR^-1."""
     return ops.sqrt(ops.sigmoid(-gamma)), ops.sqrt(ops.sigmoid(gamma))
@@ -182,7 +231,9 @@ def coupled_noise(shape, seed, step, group, noise_steps, schedule):
     return weighted / ops.sqrt(weight_sq)
 
 
-def run_sampler(denoise, schedule, condition, seed, num_steps, sampler="ancestral", noise_steps=None):
+def run_sampler(
+    denoise, schedule, condition, seed, num_steps, sampler="ancestral", noise_steps=None, shift_period=None
+):
     """Draws z_0 / alpha_0 given the condition, in the network's normalised space.
 
     Args:
@@ -198,6 +249,8 @@ def run_sampler(denoise, schedule, condition, seed, num_steps, sampler="ancestra
             (`coupled_noise`), so that the result is paired with the
             `noise_steps`-step ancestral sample of the same seed. Equal to
             `num_steps` it changes nothing.
+        shift_period: None, or the network's stride: roll the maps by a random
+            offset below it at every step (`randomly_shifted`).
 
     Returns:
         [B, H, W, 1] samples of the normalised target.
@@ -212,6 +265,13 @@ def run_sampler(denoise, schedule, condition, seed, num_steps, sampler="ancestra
     # The initial noise's counter is the noise grid's length, past every step's counter.
     z = stateless_normal(shape, seed, num_steps if noise_steps is None else noise_steps)
     history = (ops.zeros_like(z), ops.zeros(()), ops.zeros(()))
+
+    def network(z, condition, gamma_normalised, step):
+        del step
+        return denoise(z, condition, gamma_normalised)
+
+    if shift_period is not None and int(shift_period) > 1:
+        network = randomly_shifted(network, seed, int(shift_period))
 
     def step_noise(i):
         if sampler not in STOCHASTIC_SAMPLERS:
@@ -228,7 +288,7 @@ def run_sampler(denoise, schedule, condition, seed, num_steps, sampler="ancestra
         gamma_t = schedule(t)
         gamma_s = schedule(s)
         gamma_normalised = ops.ones((batch,)) * ((gamma_t - gamma_0) / (gamma_1 - gamma_0))
-        eps_hat = denoise(z, condition, gamma_normalised)
+        eps_hat = network(z, condition, gamma_normalised, i)
         return step(z, eps_hat, gamma_t, gamma_s, step_noise(i), history)
 
     z, _ = ops.fori_loop(0, num_steps, body, (z, history))
