@@ -145,6 +145,12 @@ def _add_reconstruct(subparsers):
         "--tile-size", type=int, help="sample large maps through overlapping periodic tiles of this size (.keras models)"
     )
     parser.add_argument("--tile-margin", type=int, default=32, help="context pixels around each tile")
+    parser.add_argument(
+        "--random-shifts",
+        action="store_true",
+        help="roll the maps by a random offset below the network's stride at every step: removes the grid "
+        "edges of an under-trained network, e.g. the shipped one (.keras models)",
+    )
     parser.set_defaults(func=_run_reconstruct)
 
 
@@ -164,6 +170,7 @@ def _run_reconstruct(args):
         png=None if args.no_png else (args.png or os.path.splitext(args.out)[0] + ".png"),
         tile_size=args.tile_size,
         tile_margin=args.tile_margin,
+        random_shifts=args.random_shifts,
     )
     for name, path in outputs.items():
         print(f"{name}: {path}")

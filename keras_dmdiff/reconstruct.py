@@ -65,7 +65,7 @@ def read_maps(path, h5_dataset="stellar_mass"):
     raise ValueError(f"Unsupported map file {path}: use .npy, .npz or .h5.")
 
 
-def load_sampler(model=None, tile_size=None, tile_margin=32):
+def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=False):
     """A callable (stellar_mass, num_samples, num_steps, seed, sampler) -> samples, and its description.
 
     Args:
@@ -74,6 +74,8 @@ def load_sampler(model=None, tile_size=None, tile_margin=32):
         tile_size: None, or denoise overlapping periodic tiles of this size at
             every step (bounded memory for large maps; .keras models only).
         tile_margin: context pixels around each tile.
+        random_shifts: roll the maps by a random offset below the network's
+            stride at every step (`VariationalDiffusion.sample`; .keras models only).
     """
     from keras_dmdiff import evaluation
 
@@ -83,13 +85,21 @@ def load_sampler(model=None, tile_size=None, tile_margin=32):
         path = pathlib.Path(model) if model is not None else shipped_model_path()
         _, loaded = evaluation.load_sampler(path)
         description = {"model": str(path), "format": "SavedModel" if path.is_dir() else "keras"}
-    if tile_size is None:
+    options = {}
+    if tile_size is not None:
+        options.update(tile_size=int(tile_size), tile_margin=int(tile_margin))
+    if random_shifts:
+        options["random_shifts"] = True
+    if not options:
         return evaluation.as_sampler(loaded), description
     sample = getattr(loaded, "sample", None)
-    if sample is None or not evaluation._accepts_keyword(sample, "tile_size"):
-        raise ValueError("Tiled sampling needs a .keras model (a VariationalDiffusion), not a SavedModel.")
-    description.update(tile_size=int(tile_size), tile_margin=int(tile_margin))
-    return evaluation.as_sampler(loaded, batch_size=1, tile_size=tile_size, tile_margin=tile_margin), description
+    if sample is None or not all(evaluation._accepts_keyword(sample, key) for key in options):
+        wanted = " and ".join(name for name, on in (("Tiled sampling", tile_size), ("random shifts", random_shifts)) if on)
+        raise ValueError(f"{wanted} need a .keras model (a VariationalDiffusion), not a SavedModel.")
+    description.update(options)
+    # Tiles bound memory only if the maps go through the network one at a time.
+    batch_size = 1 if tile_size is not None else 16
+    return evaluation.as_sampler(loaded, batch_size=batch_size, **options), description
 
 
 def reconstruct(
@@ -106,6 +116,7 @@ def reconstruct(
     png=None,
     tile_size=None,
     tile_margin=32,
+    random_shifts=False,
 ):
     """Posterior dark-matter samples for stellar-mass maps, written to HDF5 (and a PNG).
 
@@ -121,6 +132,9 @@ def reconstruct(
             size (a multiple of the network's stride that divides H and W):
             memory then stays bounded for large maps (a 2048x2048 map).
         tile_margin: context pixels around each tile.
+        random_shifts: roll the maps by a random offset below the network's
+            stride at every step, which removes grid edges that an
+            under-trained network leaves (.keras models only).
 
     Returns:
         dict of written paths ("samples", and "figure" when drawn).
@@ -141,7 +155,7 @@ def reconstruct(
     else:
         raise ValueError("Give stellar-mass maps (a path or an array) or example=True.")
     stellar = validate_maps(stellar, "stellar_mass")
-    draw, description = load_sampler(model, tile_size, tile_margin)
+    draw, description = load_sampler(model, tile_size, tile_margin, random_shifts)
     samples = np.asarray(draw(stellar, num_samples=num_samples, num_steps=num_steps, seed=seed, sampler=sampler))
     if samples.shape != (stellar.shape[0], num_samples) + stellar.shape[1:]:
         raise RuntimeError(f"The model returned samples of shape {samples.shape}; expected [B, S, H, W].")
