@@ -605,7 +605,8 @@ def _paired_bootstrap(stats, ref, resamples=500, seed=0):
     rng = np.random.default_rng(seed)
     maps = len(stats["map_coverage"])
     ours, theirs = stats["unit_power_ratio"], ref["unit_power_ratio"]
-    difference = _mean_power_ratio(ours) / _mean_power_ratio(theirs) - 1.0
+    mean_power_ratio = _mean_power_ratio(ours)
+    difference = mean_power_ratio / _mean_power_ratio(theirs) - 1.0
     coverage_difference = 100.0 * (stats["map_coverage"] - ref["map_coverage"])
     boot_ratio, boot_coverage = [], []
     for _ in range(resamples):
@@ -613,7 +614,7 @@ def _paired_bootstrap(stats, ref, resamples=500, seed=0):
         boot_ratio.append(_mean_power_ratio(ours[pick]) / _mean_power_ratio(theirs[pick]) - 1.0)
         boot_coverage.append(coverage_difference[pick].mean(axis=0))
     return {
-        "mean_power_ratio": _mean_power_ratio(ours),
+        "mean_power_ratio": mean_power_ratio,
         "mean_power_ratio_difference": float(difference),
         "mean_power_ratio_difference_se": float(np.std(boot_ratio)),
         "coverage_difference_points": [float(c) for c in coverage_difference.mean(axis=0)],

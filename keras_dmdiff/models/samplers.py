@@ -17,6 +17,20 @@ from keras import ops
 from keras_dmdiff.models.layers import wrap_pad
 
 
+def _stateless_seed(seed, counter):
+    """The backend's counter-based RNG seed for (seed, counter): a TensorFlow seed pair or a JAX key."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.stack([tf.cast(seed, tf.int32), tf.cast(counter, tf.int32)])
+    if backend == "jax":
+        import jax
+
+        return jax.random.fold_in(jax.random.PRNGKey(ops.cast(seed, "uint32")), ops.cast(counter, "uint32"))
+    raise NotImplementedError(f"Sampling is implemented for the tensorflow and jax backends, not {backend!r}.")
+
+
 def stateless_normal(shape, seed, counter):
     """Standard normal noise from an integer tensor seed and a step counter.
 
@@ -28,20 +42,16 @@ def stateless_normal(shape, seed, counter):
     Returns:
         float32 tensor of `shape`.
     """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
+    key = _stateless_seed(seed, counter)
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        pair = tf.stack([tf.cast(seed, tf.int32), tf.cast(counter, tf.int32)])
         # An explicit algorithm: XLA would otherwise pick another one, and the
         # same seed would give other samples on GPU or in an XLA export.
-        return tf.random.stateless_normal(shape, seed=pair, dtype=tf.float32, alg="philox")
-    if backend == "jax":
-        import jax
+        return tf.random.stateless_normal(shape, seed=key, dtype=tf.float32, alg="philox")
+    import jax
 
-        key = jax.random.fold_in(jax.random.PRNGKey(ops.cast(seed, "uint32")), ops.cast(counter, "uint32"))
-        return jax.random.normal(key, shape, dtype="float32")
-    raise NotImplementedError(f"Sampling is implemented for the tensorflow and jax backends, not {backend!r}.")
+    return jax.random.normal(key, shape, dtype="float32")
 
 
 # Counters of the shift stream start here, far above any step or noise-grid counter.
@@ -50,19 +60,14 @@ _SHIFT_COUNTER_OFFSET = 2**30
 
 def stateless_shift(seed, counter, period):
     """Two integers in [0, period) from an integer tensor seed and a step counter (its own stream)."""
-    backend = keras.backend.backend()
-    counter = ops.cast(counter, "int32") + _SHIFT_COUNTER_OFFSET
-    if backend == "tensorflow":
+    key = _stateless_seed(seed, ops.cast(counter, "int32") + _SHIFT_COUNTER_OFFSET)
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        pair = tf.stack([tf.cast(seed, tf.int32), counter])
-        return tf.random.stateless_uniform([2], seed=pair, minval=0, maxval=period, dtype=tf.int32, alg="philox")
-    if backend == "jax":
-        import jax
+        return tf.random.stateless_uniform([2], seed=key, minval=0, maxval=period, dtype=tf.int32, alg="philox")
+    import jax
 
-        key = jax.random.fold_in(jax.random.PRNGKey(ops.cast(seed, "uint32")), ops.cast(counter, "uint32"))
-        return jax.random.randint(key, (2,), 0, period, dtype="int32")
-    raise NotImplementedError(f"Sampling is implemented for the tensorflow and jax backends, not {backend!r}.")
+    return jax.random.randint(key, (2,), 0, period, dtype="int32")
 
 
 def randomly_shifted(denoise, seed, period):
