@@ -62,7 +62,7 @@ import time
 
 import numpy as np
 
-from keras_dmdiff.evaluation import json_safe
+from keras_dmdiff.evaluation import json_safe, random_shift_options
 
 DEFAULT_SIZES = (64, 128, 256)
 DEFAULT_BACKENDS = ("tensorflow", "jax")
@@ -638,6 +638,7 @@ def quality_vs_steps(
     noise_floor=True,
     coupled=True,
     converged_steps=None,
+    random_shifts=None,
 ):
     """Quality of each sampler against its number of steps, relative to a reference sampler.
 
@@ -699,12 +700,14 @@ def quality_vs_steps(
         noise_floor: also redraw the reference with seed + 1.
         coupled: draw every pair with noise paired to the reference's.
         converged_steps: None, or steps of a convergence check of the reference sampler.
+        random_shifts: None for `model.sample`'s default, or a bool (every
+            row and the reference alike).
 
     Returns:
         dict: "reference" (its settings and statistics), "reference_repeat"
         (a row for the reference redrawn with seed + 1, or None), "rows" (one dict
         with the `QUALITY_FIELDS` per pair), "noise_steps", "k_max", "num_maps",
-        "num_samples", "box_size", "levels"; JSON-serialisable.
+        "num_samples", "box_size", "levels", "random_shifts"; JSON-serialisable.
 
     Example:
         >>> quality = quality_vs_steps(model, stars, dm, samplers=("ddim",), steps=(10, 25))  # doctest: +SKIP
@@ -716,6 +719,7 @@ def quality_vs_steps(
     box = _box_size(dark_matter.shape[-1], box_size)
     all_steps = [int(reference_steps), *map(int, steps)] + ([int(converged_steps)] if converged_steps else [])
     noise_steps = math.lcm(*all_steps) if coupled else None
+    shifts, sample_options = random_shift_options(model, random_shifts)
 
     def draw(sampler, num_steps, draw_seed=seed):
         start = time.perf_counter()
@@ -727,6 +731,7 @@ def quality_vs_steps(
             sampler=sampler,
             batch_size=batch_size,
             noise_steps=noise_steps,
+            **sample_options,
         )
         seconds = time.perf_counter() - start
         return samples.astype(np.float64), seconds
@@ -800,6 +805,7 @@ def quality_vs_steps(
             "num_samples": int(num_samples),
             "box_size": box,
             "levels": ref["levels"],
+            "random_shifts": shifts,
         }
     )
 
@@ -888,6 +894,7 @@ def _worker_main(argv):
     parser.add_argument("--converged-steps", type=int)
     parser.add_argument("--independent", action="store_true", help="no coupled noise between rows")
     parser.add_argument("--no-noise-floor", action="store_true")
+    parser.add_argument("--random-shifts", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--tile-size", type=int, default=256)
@@ -946,6 +953,7 @@ def _worker_main(argv):
             noise_floor=not args.no_noise_floor,
             coupled=not args.independent,
             converged_steps=args.converged_steps,
+            random_shifts=args.random_shifts,
         )
         output["backend"] = keras.backend.backend()
     print(_JSON_PREFIX + json.dumps(json_safe(output)), flush=True)
@@ -1039,6 +1047,8 @@ def format_table(result):
                 if quality.get("noise_steps")
                 else "independent noise per row"
             )
+            if quality.get("random_shifts") is not None:
+                coupling += "; random shifts " + ("on" if quality["random_shifts"] else "off")
             lines += [
                 "",
                 f"Reference: {ref['sampler']} with {ref['num_steps']} steps ({ref['seconds']:.1f} s); "
@@ -1125,6 +1135,7 @@ def run_bench(
     quality_converged_steps=None,
     quality_coupled=True,
     quality_noise_floor=True,
+    quality_random_shifts=None,
     large_map_size=2048,
     large_map_tile=256,
     large_map_margin=32,
@@ -1167,6 +1178,7 @@ def run_bench(
         quality_coupled: pair every quality row's noise with the reference's
             (see `quality_vs_steps`).
         quality_noise_floor: also redraw the reference with another seed.
+        quality_random_shifts: None for `model.sample`'s default, or a bool.
         large_map_size: side of the large map sampled through tiles, per
             backend, for its peak memory (0 or None: skip).
         large_map_tile, large_map_margin: its tile cores and their margin.
@@ -1264,6 +1276,8 @@ def run_bench(
             arguments.append("--independent")
         if not quality_noise_floor:
             arguments.append("--no-noise-floor")
+        if quality_random_shifts is not None:
+            arguments.append("--random-shifts" if quality_random_shifts else "--no-random-shifts")
         quality = _run_worker(quality_backend, arguments, timeout)
 
     import keras  # already imported by keras_dmdiff; only its version is read

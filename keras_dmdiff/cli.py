@@ -145,13 +145,19 @@ def _add_reconstruct(subparsers):
         "--tile-size", type=int, help="sample large maps through overlapping periodic tiles of this size (.keras models)"
     )
     parser.add_argument("--tile-margin", type=int, default=32, help="context pixels around each tile")
+    _add_random_shifts(parser)
+    parser.set_defaults(func=_run_reconstruct)
+
+
+def _add_random_shifts(parser):
     parser.add_argument(
         "--random-shifts",
-        action="store_true",
-        help="roll the maps by a random offset below the network's stride at every step: removes the grid "
-        "edges of an under-trained network, e.g. the shipped one (.keras models)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="roll the maps by a random offset below the network's stride at every step, which removes the "
+        "grid edges of an under-trained network such as the shipped one (default: on for a .keras model; a "
+        "SavedModel has the setting it was exported with)",
     )
-    parser.set_defaults(func=_run_reconstruct)
 
 
 def _run_reconstruct(args):
@@ -194,6 +200,7 @@ def _add_evaluate(subparsers):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-maps", type=int, default=None)
     parser.add_argument("--out", required=True, help="output folder")
+    _add_random_shifts(parser)
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -212,6 +219,7 @@ def _run_evaluate(args):
         max_maps=args.max_maps,
         data_dir=args.data_dir,
         manual_dir=args.manual_dir,
+        random_shifts=args.random_shifts,
     )
     print(f"metrics: {pathlib.Path(args.out) / 'metrics.json'}")
 
@@ -226,6 +234,12 @@ def _add_export(subparsers):
     )
     parser.add_argument("--model", required=True, help=".keras file")
     parser.add_argument("--out", required=True, help="SavedModel folder")
+    parser.add_argument(
+        "--no-random-shifts",
+        dest="random_shifts",
+        action="store_false",
+        help="endpoints without the random shifts that model.sample uses by default (fixed at export)",
+    )
     parser.set_defaults(func=_run_export)
 
 
@@ -235,7 +249,7 @@ def _run_export(args):
     from keras_dmdiff.export import export_saved_model
 
     model = keras.saving.load_model(args.model)
-    export_saved_model(model, args.out)
+    export_saved_model(model, args.out, random_shifts=args.random_shifts)
     print(f"SavedModel: {args.out}")
 
 
@@ -276,6 +290,12 @@ def _add_bench(subparsers):
     parser.add_argument(
         "--no-noise-floor", action="store_true", help="skip redrawing the reference with another seed"
     )
+    parser.add_argument(
+        "--quality-random-shifts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sample the quality table with (or without) random shifts (default: model.sample's default)",
+    )
     parser.add_argument("--quality-samples", type=int, default=8, help="posterior samples per held-out map")
     parser.add_argument("--quality-maps", type=int, default=4, help="held-out maps used")
     parser.add_argument("--quality-crop", type=int, help="crop held-out maps to this size")
@@ -315,6 +335,7 @@ def _run_bench(args):
         quality_converged_steps=args.converged_steps,
         quality_coupled=not args.independent_noise,
         quality_noise_floor=not args.no_noise_floor,
+        quality_random_shifts=args.quality_random_shifts,
         large_map_size=args.large_map_size,
         large_map_tile=args.large_map_tile,
         large_map_margin=args.large_map_margin,

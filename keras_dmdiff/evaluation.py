@@ -72,7 +72,9 @@ SAMPLES_FILE = "samples.h5"
 METRICS_FILE = "metrics.json"
 
 # Attributes of samples.h5 that must match for a run to resume from it.
-_RESUME_KEYS = ("num_samples", "num_steps", "seed", "sampler", "maps_per_call")
+_RESUME_KEYS = ("num_samples", "num_steps", "seed", "sampler", "random_shifts", "maps_per_call")
+# What a samples.h5 written before a setting existed was drawn with.
+_RESUME_DEFAULTS = {"random_shifts": False}
 
 
 # ----------------------------------------------------------------------------- samplers
@@ -133,6 +135,49 @@ def _accepts_keyword(function, name):
     except (TypeError, ValueError):
         return False
     return name in parameters  # not **kwargs: a wrapper may forward them anywhere
+
+
+def random_shift_options(sampler_or_model, random_shifts=None):
+    """How sampling `sampler_or_model` rolls the maps: the setting in force and the keywords that ask for it.
+
+    A model whose `sample` takes `random_shifts` (`VariationalDiffusion`)
+    gets it per call; an exported SavedModel (`ExportedSampler`) has it fixed
+    at export; a plain sampling function has no such setting.
+
+    Args:
+        sampler_or_model: as in `as_sampler`.
+        random_shifts: None for the object's own default, or a bool.
+
+    Returns:
+        `(setting, sample_options)`: the bool in force (None for a plain
+        function) and the keywords to pass to `as_sampler`.
+
+    Raises:
+        ValueError: a setting that the object cannot honour (a SavedModel
+            exported with the other one, or a plain function).
+    """
+    fixed = getattr(sampler_or_model, "random_shifts", None)
+    if isinstance(fixed, bool):
+        if random_shifts is not None and bool(random_shifts) != fixed:
+            raise ValueError(
+                f"This SavedModel was exported with random_shifts={fixed}, fixed in its graph; export the "
+                f".keras model again with export_saved_model(..., random_shifts={bool(random_shifts)}) or "
+                "sample the .keras model."
+            )
+        return fixed, {}
+    sample = getattr(sampler_or_model, "sample", None)
+    if callable(sample) and _accepts_keyword(sample, "random_shifts"):
+        import inspect
+
+        if random_shifts is None:
+            random_shifts = inspect.signature(sample).parameters["random_shifts"].default
+        return bool(random_shifts), {"random_shifts": bool(random_shifts)}
+    if random_shifts:
+        raise ValueError(
+            f"random_shifts=True needs a model whose `sample` takes it (a VariationalDiffusion); "
+            f"got {type(sampler_or_model).__name__}."
+        )
+    return None, {}
 
 
 def load_sampler(model_path, batch_size=16):
@@ -345,8 +390,8 @@ class _SampleStore:
             self.file = h5py.File(self.path, "a")
             f = self.file
             for key in _RESUME_KEYS:
-                if str(f.attrs.get(key)) != str(_h5_value(settings[key])):
-                    stored = f.attrs.get(key)
+                stored = f.attrs.get(key, _h5_value(_RESUME_DEFAULTS.get(key)))
+                if str(stored) != str(_h5_value(settings[key])):
                     f.close()
                     raise ValueError(
                         f"{self.path} holds samples drawn with {key}={stored!r}, not "
@@ -504,6 +549,7 @@ def evaluate(
     out_dir=None,
     metadata=None,
     sample_batch_size=16,
+    random_shifts=None,
     maps_per_call=None,
     pixels_per_map=2048,
     num_apertures=5,
@@ -548,6 +594,9 @@ def evaluate(
         metadata: extra metadata for `samples.h5` and `metrics.json` (model
             path, dataset, split, ...).
         sample_batch_size: network batch size when sampling a model.
+        random_shifts: None for the model's default (`VariationalDiffusion`:
+            on; a SavedModel: as exported), or a bool; recorded in the
+            settings (see `random_shift_options`).
         maps_per_call: maps per sampler call (and per resume step); default
             `max(1, sample_batch_size // num_samples)`.
         pixels_per_map: pixels per map (random, fixed by `seed`) used for the
@@ -595,7 +644,8 @@ def evaluate(
     box_size = float(box_size)
     if not (math.isfinite(box_size) and box_size > 0):
         raise ValueError(f"`box_size` must be > 0 (Mpc/h), got {box_size}.")
-    draw = as_sampler(sampler_or_model, sample_batch_size)
+    shifts, sample_options = random_shift_options(sampler_or_model, random_shifts)
+    draw = as_sampler(sampler_or_model, sample_batch_size, **sample_options)
     stars, dm = collect_maps(dataset_batches, max_maps)
     n, size, _ = stars.shape
     if maps_per_call is None:
@@ -610,6 +660,7 @@ def evaluate(
         "num_steps": int(num_steps),
         "seed": int(seed),
         "sampler": str(sampler),
+        "random_shifts": shifts,
         "maps_per_call": maps_per_call,
         "box_size": box_size,
         "num_maps": n,
@@ -895,6 +946,7 @@ def run_evaluation(
     crop_size=None,
     batch_size=8,
     box_size=25.0,
+    random_shifts=None,
     progress=True,
     **evaluate_kwargs,
 ):
@@ -926,6 +978,8 @@ def run_evaluation(
         batch_size: maps per batch when reading the data and sampling.
         box_size: side of the *full* stored maps in Mpc/h (CMD: 25); the box
             of a tile is `box_size * crop_size / map_size`.
+        random_shifts: None for the model's default, or a bool (see
+            `random_shift_options`).
         progress: show progress bars.
         **evaluate_kwargs: passed to `evaluate` (e.g. `pixels_per_map`).
 
@@ -938,7 +992,7 @@ def run_evaluation(
     """
     from keras_dmdiff.data import make_dataset
 
-    draw, loaded = load_sampler(model_path, batch_size=batch_size)
+    _, loaded = load_sampler(model_path, batch_size=batch_size)
     common = dict(data_dir=data_dir, manual_dir=manual_dir)
     full = make_dataset(dataset, split=split, training=False, batch_size=batch_size, **common)
     map_size = full.element_spec[0].shape[-1] or 256
@@ -975,7 +1029,7 @@ def run_evaluation(
         "regression_model_path": None if regression_model_path is None else os.fspath(regression_model_path),
     }
     return evaluate(
-        draw,
+        loaded,
         test,
         num_samples=num_samples,
         num_steps=num_steps,
@@ -989,6 +1043,7 @@ def run_evaluation(
         out_dir=out_dir,
         metadata=metadata,
         sample_batch_size=batch_size,
+        random_shifts=random_shifts,
         progress=progress,
         **evaluate_kwargs,
     )

@@ -71,7 +71,7 @@ def _chunk_seed(seed, chunk):
     return np.int32((int(seed) * SEED_MULTIPLIER + int(chunk)) % SEED_MODULUS)
 
 
-def _metadata(model, samplers, backend, stride, jax_platforms):
+def _metadata(model, samplers, backend, stride, jax_platforms, random_shifts):
     import keras
 
     import keras_dmdiff
@@ -97,6 +97,7 @@ def _metadata(model, samplers, backend, stride, jax_platforms):
         "stride": int(stride),
         "samplers": list(samplers),
         "default_sampler": samplers[0],
+        "random_shifts": bool(random_shifts),
         "endpoints": endpoints,
         "units": "stellar_mass in and dark matter out: (Msun/h)/(Mpc/h)^2, physical (not log)",
         "inputs": {
@@ -107,7 +108,8 @@ def _metadata(model, samplers, backend, stride, jax_platforms):
         },
         "output": "float32 [B, num_samples, H, W]",
         "seed_semantics": (
-            "sample(seed) equals VariationalDiffusion.sample(seed, batch_size >= B*num_samples) "
+            "sample(seed) equals VariationalDiffusion.sample(seed, batch_size >= B*num_samples, "
+            f"random_shifts={bool(random_shifts)}) "
             "on the exporting backend (not across backends, nor between a TensorFlow graph with "
             "and without XLA, whose stateless RNGs differ); draw(seed) uses seed as is; "
             f"model.sample seeds chunk k with (seed * {SEED_MULTIPLIER} + k) mod {SEED_MODULUS}."
@@ -123,6 +125,7 @@ def export_saved_model(
     samplers=("ancestral", "ddim"),
     jit_compile=None,
     jax_platforms=("cpu", "cuda"),
+    random_shifts=True,
     verbose=False,
 ):
     """Writes a standalone TensorFlow SavedModel that samples physical dark matter.
@@ -148,6 +151,10 @@ def export_saved_model(
             on those); the default serves on CPU and on NVIDIA GPUs. A
             TensorFlow-backend export is a plain TensorFlow graph and runs
             anywhere TensorFlow does.
+        random_shifts: every endpoint rolls the maps by a random offset
+            below the network's stride at each step, as
+            `VariationalDiffusion.sample(..., random_shifts=True)` (its
+            default). Fixed at export and written in the metadata.
         verbose: print Keras's endpoint summary.
 
     Returns:
@@ -201,6 +208,7 @@ def export_saved_model(
         jit_compile = bool(tf.config.list_logical_devices("GPU"))
 
     transform = model.transform
+    shift_period = stride if random_shifts else None
     network = model.network
     schedule = model.schedule
 
@@ -212,7 +220,7 @@ def export_saved_model(
             # The same path as VariationalDiffusion.sample: transform, run_sampler
             # (which takes a tensor step count), inverse transform.
             condition = transform.stellar_to_network(ops.expand_dims(stellar_mass, -1))
-            normalised = run_sampler(denoise, schedule, condition, seed, num_steps, sampler)
+            normalised = run_sampler(denoise, schedule, condition, seed, num_steps, sampler, shift_period=shift_period)
             return transform.dark_matter_from_network(normalised)[..., 0]
 
         return draw
@@ -258,7 +266,7 @@ def export_saved_model(
     # would alias the first endpoint added, a `draw`).
     archive.add_endpoint("serving_default", sample_functions[0])
 
-    metadata = _metadata(model, samplers, backend, stride, jax_platforms)
+    metadata = _metadata(model, samplers, backend, stride, jax_platforms, random_shifts)
     metadata_json = json.dumps(metadata, indent=1, sort_keys=True)
 
     @tf.function(input_signature=[])
@@ -382,8 +390,9 @@ class ExportedSampler:
         numpy float32 [B, num_samples, H, W] physical dark matter.
 
     Attributes:
-        metadata: dict (see `export_saved_model`), `stride`, `samplers`, `module`
-        (the object from `tf.saved_model.load`).
+        metadata: dict (see `export_saved_model`), `stride`, `samplers`,
+        `random_shifts` (fixed at export), `module` (the object from
+        `tf.saved_model.load`).
 
     Example:
         >>> sampler = load_exported("saved_models/tng_mock/savedmodel")
@@ -403,9 +412,14 @@ class ExportedSampler:
         self.metadata = json.loads(self.module.metadata().numpy().decode("utf-8"))
         self.stride = int(self.metadata["stride"])
         self.samplers = list(self.metadata["samplers"])
+        # Fixed at export; SavedModels written before the option existed had none.
+        self.random_shifts = bool(self.metadata.get("random_shifts", False))
 
     def __repr__(self):
-        return f"ExportedSampler({self.path!r}, samplers={self.samplers}, stride={self.stride})"
+        return (
+            f"ExportedSampler({self.path!r}, samplers={self.samplers}, stride={self.stride}, "
+            f"random_shifts={self.random_shifts})"
+        )
 
     def __call__(self, stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral", batch_size=16):
         import tensorflow as tf

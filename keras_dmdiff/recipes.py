@@ -91,6 +91,7 @@ def _step_evaluate(step, run_dir):
         num_steps=step.get("num_steps", 250),
         seed=step.get("seed", 0),
         sampler=step.get("sampler", "ancestral"),
+        random_shifts=step.get("random_shifts"),
         max_maps=step.get("max_maps"),
         data_dir=_resolve(run_dir, step.get("data_dir", "tfds")),
         manual_dir=_resolve(run_dir, step.get("manual_dir")),
@@ -106,7 +107,8 @@ def _step_export(step, run_dir):
     if (out / "saved_model.pb").exists():
         return
     model = keras.saving.load_model(_resolve(run_dir, step.get("model", "train/model.keras")))
-    export_saved_model(model, out, samplers=tuple(step.get("samplers", ("ancestral", "ddim"))))
+    options = {"random_shifts": bool(step["random_shifts"])} if "random_shifts" in step else {}
+    export_saved_model(model, out, samplers=tuple(step.get("samplers", ("ancestral", "ddim"))), **options)
 
 
 def _step_large_volume(step, run_dir):

@@ -65,7 +65,7 @@ def read_maps(path, h5_dataset="stellar_mass"):
     raise ValueError(f"Unsupported map file {path}: use .npy, .npz or .h5.")
 
 
-def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=False):
+def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=None):
     """A callable (stellar_mass, num_samples, num_steps, seed, sampler) -> samples, and its description.
 
     Args:
@@ -74,8 +74,14 @@ def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=False
         tile_size: None, or denoise overlapping periodic tiles of this size at
             every step (bounded memory for large maps; .keras models only).
         tile_margin: context pixels around each tile.
-        random_shifts: roll the maps by a random offset below the network's
-            stride at every step (`VariationalDiffusion.sample`; .keras models only).
+        random_shifts: None for the model's default (on for a .keras model; a
+            SavedModel has the setting it was exported with), or a bool: roll
+            the maps by a random offset below the network's stride at every
+            step (`VariationalDiffusion.sample`).
+
+    Raises:
+        ValueError: tiles asked of a SavedModel, or a `random_shifts` setting
+            that the model cannot honour.
     """
     from keras_dmdiff import evaluation
 
@@ -85,21 +91,17 @@ def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=False
         path = pathlib.Path(model) if model is not None else shipped_model_path()
         _, loaded = evaluation.load_sampler(path)
         description = {"model": str(path), "format": "SavedModel" if path.is_dir() else "keras"}
-    options = {}
+    shifts, options = evaluation.random_shift_options(loaded, random_shifts)
+    description["random_shifts"] = shifts
     if tile_size is not None:
+        sample = getattr(loaded, "sample", None)
+        if sample is None or not evaluation._accepts_keyword(sample, "tile_size"):
+            raise ValueError("Tiled sampling needs a .keras model (a VariationalDiffusion), not a SavedModel.")
         options.update(tile_size=int(tile_size), tile_margin=int(tile_margin))
-    if random_shifts:
-        options["random_shifts"] = True
-    if not options:
-        return evaluation.as_sampler(loaded), description
-    sample = getattr(loaded, "sample", None)
-    if sample is None or not all(evaluation._accepts_keyword(sample, key) for key in options):
-        wanted = " and ".join(name for name, on in (("Tiled sampling", tile_size), ("random shifts", random_shifts)) if on)
-        raise ValueError(f"{wanted} need a .keras model (a VariationalDiffusion), not a SavedModel.")
-    description.update(options)
-    # Tiles bound memory only if the maps go through the network one at a time.
-    batch_size = 1 if tile_size is not None else 16
-    return evaluation.as_sampler(loaded, batch_size=batch_size, **options), description
+        description.update(tile_size=int(tile_size), tile_margin=int(tile_margin))
+        # Tiles bound memory only if the maps go through the network one at a time.
+        return evaluation.as_sampler(loaded, batch_size=1, **options), description
+    return evaluation.as_sampler(loaded, **options), description
 
 
 def reconstruct(
@@ -116,7 +118,7 @@ def reconstruct(
     png=None,
     tile_size=None,
     tile_margin=32,
-    random_shifts=False,
+    random_shifts=None,
 ):
     """Posterior dark-matter samples for stellar-mass maps, written to HDF5 (and a PNG).
 
@@ -132,9 +134,10 @@ def reconstruct(
             size (a multiple of the network's stride that divides H and W):
             memory then stays bounded for large maps (a 2048x2048 map).
         tile_margin: context pixels around each tile.
-        random_shifts: roll the maps by a random offset below the network's
-            stride at every step, which removes grid edges that an
-            under-trained network leaves (.keras models only).
+        random_shifts: None for the model's default, or a bool: roll the maps
+            by a random offset below the network's stride at every step,
+            which removes grid edges that an under-trained network leaves
+            (on by default for .keras models; fixed at export in a SavedModel).
 
     Returns:
         dict of written paths ("samples", and "figure" when drawn).

@@ -120,7 +120,8 @@ def test_reconstruct_in_tiles_matches_tiled_sampling(tiny_model_path, tmp_path):
         assert json.loads(handle.attrs["model"])["tile_size"] == 16
 
 
-def test_reconstruct_with_random_shifts_matches_shifted_sampling(tiny_model_path, tmp_path, capsys):
+@pytest.mark.parametrize("flag, shifts", [([], True), (["--random-shifts"], True), (["--no-random-shifts"], False)])
+def test_reconstruct_random_shifts_flag_matches_model_sample(tiny_model_path, tmp_path, flag, shifts):
     import json
 
     import keras
@@ -129,21 +130,35 @@ def test_reconstruct_with_random_shifts_matches_shifted_sampling(tiny_model_path
     np.save(maps_path, stellar_maps(2))
     out = tmp_path / "shifted.h5"
     assert cli.main(["reconstruct", str(maps_path), "--model", str(tiny_model_path), "--num-samples", "2",
-                     "--steps", "3", "--seed", "5", "--random-shifts", "--out", str(out), "--no-png"]) == 0  # fmt: skip
+                     "--steps", "3", "--seed", "5", *flag, "--out", str(out), "--no-png"]) == 0  # fmt: skip
     model = keras.saving.load_model(tiny_model_path)
-    expected = model.sample(stellar_maps(2), num_samples=2, num_steps=3, seed=5, random_shifts=True)
+    expected = model.sample(stellar_maps(2), num_samples=2, num_steps=3, seed=5, random_shifts=shifts)
     with h5py.File(out) as handle:
         np.testing.assert_allclose(handle["samples"][...], expected, rtol=1e-5)
-        assert json.loads(handle.attrs["model"])["random_shifts"] is True
-    # A SavedModel cannot shift: the message says so instead of ignoring the flag.
+        assert json.loads(handle.attrs["model"])["random_shifts"] is shifts
+
+
+def test_load_sampler_refuses_settings_a_model_cannot_honour():
     from keras_dmdiff.reconstruct import load_sampler
 
-    class Exported:  # a callable without `sample`, like ExportedSampler
+    class Function:  # a sampling function without `sample` or a fixed setting
         def __call__(self, stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral", batch_size=16):
             raise AssertionError("not reached")
 
-    with pytest.raises(ValueError, match="random shifts need a .keras model"):
+    class Exported(Function):  # like ExportedSampler: the setting is fixed in its graph
+        random_shifts = False
+
+    with pytest.raises(ValueError, match="random_shifts=True needs a model whose `sample` takes it"):
+        load_sampler(Function(), random_shifts=True)
+    with pytest.raises(ValueError, match="exported with random_shifts=False"):
         load_sampler(Exported(), random_shifts=True)
+    with pytest.raises(ValueError, match="Tiled sampling needs a .keras model"):
+        load_sampler(Exported(), tile_size=16)
+    # Asking for what the object does anyway is fine.
+    _, description = load_sampler(Exported(), random_shifts=False)
+    assert description["random_shifts"] is False
+    _, description = load_sampler(Function())
+    assert description["random_shifts"] is None
 
 
 def test_reconstruct_in_tiles_reports_bad_tiles(tiny_model_path, tmp_path, capsys):

@@ -253,7 +253,7 @@ class VariationalDiffusion(keras.Model):
         tile_margin=32,
         tile_batch=1,
         noise_steps=None,
-        random_shifts=False,
+        random_shifts=True,
     ):
         """Draws posterior dark-matter maps for physical stellar-mass maps.
 
@@ -278,11 +278,15 @@ class VariationalDiffusion(keras.Model):
                 fine steps' noises). Each sample keeps its exact distribution;
                 only comparisons between samplers become less noisy.
             random_shifts: roll the maps by a random offset below the network's
-                stride at every step (exact on periodic maps). An under-trained
-                network leaves edges every `stride` pixels in its samples; the
-                shifts spread them out (the shipped CPU model: edges on the
-                16-pixel grid 1.55x the typical pixel-to-pixel jump without,
-                0.99x with). The same seed then gives other samples.
+                stride at every step and roll the prediction back (exact on
+                periodic maps; it costs two rolls per step). A U-Net is
+                shift-equivariant only for multiples of its stride, and an
+                under-trained one leaves edges every `stride` pixels in its
+                samples; the shifts spread them out (the shipped CPU model:
+                edges on its 16-pixel grid 1.55x the typical pixel-to-pixel
+                jump without, 0.99x with; mean P ratio to the truth on held-out
+                maps 1.52 without, 1.15 with). False gives the samples of the
+                plain reverse process, as in the reference method.
 
         Returns:
             numpy float32 [B, num_samples, H, W] physical dark matter.
