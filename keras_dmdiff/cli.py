@@ -155,7 +155,7 @@ def _add_random_shifts(parser):
         action=argparse.BooleanOptionalAction,
         default=None,
         help="roll the maps by a random offset below the network's stride at every step, which removes the "
-        "grid edges of an under-trained network such as the shipped one (default: on for a .keras model; a "
+        "grid edges of an under-trained network such as the shipped one (default: off for a .keras model; a "
         "SavedModel has the setting it was exported with)",
     )
 
@@ -235,10 +235,10 @@ def _add_export(subparsers):
     parser.add_argument("--model", required=True, help=".keras file")
     parser.add_argument("--out", required=True, help="SavedModel folder")
     parser.add_argument(
-        "--no-random-shifts",
-        dest="random_shifts",
-        action="store_false",
-        help="endpoints without the random shifts that model.sample uses by default (fixed at export)",
+        "--random-shifts",
+        action="store_true",
+        help="endpoints that roll the maps by a random offset below the stride at every step, as "
+        "model.sample(..., random_shifts=True) (fixed at export)",
     )
     parser.set_defaults(func=_run_export)
 

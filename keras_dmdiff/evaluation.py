@@ -595,7 +595,7 @@ def evaluate(
             path, dataset, split, ...).
         sample_batch_size: network batch size when sampling a model.
         random_shifts: None for the model's default (`VariationalDiffusion`:
-            on; a SavedModel: as exported), or a bool; recorded in the
+            off; a SavedModel: as exported), or a bool; recorded in the
             settings (see `random_shift_options`).
         maps_per_call: maps per sampler call (and per resume step); default
             `max(1, sample_batch_size // num_samples)`.

@@ -125,7 +125,7 @@ def export_saved_model(
     samplers=("ancestral", "ddim"),
     jit_compile=None,
     jax_platforms=("cpu", "cuda"),
-    random_shifts=True,
+    random_shifts=False,
     verbose=False,
 ):
     """Writes a standalone TensorFlow SavedModel that samples physical dark matter.
@@ -153,8 +153,8 @@ def export_saved_model(
             anywhere TensorFlow does.
         random_shifts: every endpoint rolls the maps by a random offset
             below the network's stride at each step, as
-            `VariationalDiffusion.sample(..., random_shifts=True)` (its
-            default). Fixed at export and written in the metadata.
+            `VariationalDiffusion.sample(..., random_shifts=True)`. Fixed at
+            export and written in the metadata.
         verbose: print Keras's endpoint summary.
 
     Returns:

@@ -74,7 +74,7 @@ def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=None)
         tile_size: None, or denoise overlapping periodic tiles of this size at
             every step (bounded memory for large maps; .keras models only).
         tile_margin: context pixels around each tile.
-        random_shifts: None for the model's default (on for a .keras model; a
+        random_shifts: None for the model's default (off for a .keras model; a
             SavedModel has the setting it was exported with), or a bool: roll
             the maps by a random offset below the network's stride at every
             step (`VariationalDiffusion.sample`).
@@ -137,7 +137,7 @@ def reconstruct(
         random_shifts: None for the model's default, or a bool: roll the maps
             by a random offset below the network's stride at every step,
             which removes grid edges that an under-trained network leaves
-            (on by default for .keras models; fixed at export in a SavedModel).
+            (off by default for .keras models; fixed at export in a SavedModel).
 
     Returns:
         dict of written paths ("samples", and "figure" when drawn).

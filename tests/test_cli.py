@@ -120,7 +120,7 @@ def test_reconstruct_in_tiles_matches_tiled_sampling(tiny_model_path, tmp_path):
         assert json.loads(handle.attrs["model"])["tile_size"] == 16
 
 
-@pytest.mark.parametrize("flag, shifts", [([], True), (["--random-shifts"], True), (["--no-random-shifts"], False)])
+@pytest.mark.parametrize("flag, shifts", [([], False), (["--random-shifts"], True), (["--no-random-shifts"], False)])
 def test_reconstruct_random_shifts_flag_matches_model_sample(tiny_model_path, tmp_path, flag, shifts):
     import json
 
@@ -136,6 +136,31 @@ def test_reconstruct_random_shifts_flag_matches_model_sample(tiny_model_path, tm
     with h5py.File(out) as handle:
         np.testing.assert_allclose(handle["samples"][...], expected, rtol=1e-5)
         assert json.loads(handle.attrs["model"])["random_shifts"] is shifts
+
+
+def test_export_with_random_shifts_then_reconstruct_from_the_saved_model(tiny_model_path, tmp_path, capsys):
+    import json
+
+    import keras
+
+    from keras_dmdiff.export import load_exported
+
+    saved = tmp_path / "savedmodel"
+    assert cli.main(["export", "--model", str(tiny_model_path), "--out", str(saved), "--random-shifts"]) == 0
+    assert load_exported(saved).random_shifts is True
+    maps_path = tmp_path / "stars.npy"
+    np.save(maps_path, stellar_maps(2))
+    out = tmp_path / "from_saved.h5"
+    assert cli.main(["reconstruct", str(maps_path), "--model", str(saved), "--num-samples", "2",
+                     "--steps", "3", "--seed", "5", "--out", str(out), "--no-png"]) == 0  # fmt: skip
+    model = keras.saving.load_model(tiny_model_path)
+    expected = model.sample(stellar_maps(2), num_samples=2, num_steps=3, seed=5, random_shifts=True)
+    with h5py.File(out) as handle:
+        np.testing.assert_allclose(handle["samples"][...], expected, rtol=2e-4)
+        assert json.loads(handle.attrs["model"])["random_shifts"] is True
+    # Asking this SavedModel for unshifted samples names the problem.
+    code = cli.main(["reconstruct", str(maps_path), "--model", str(saved), "--no-random-shifts", "--out", str(out)])
+    assert code == 2 and "exported with random_shifts=True" in capsys.readouterr().err
 
 
 def test_load_sampler_refuses_settings_a_model_cannot_honour():

@@ -331,13 +331,13 @@ def test_exported_saved_model_evaluates_like_its_keras_model(tmp_path):
         np.testing.assert_allclose(fa["samples"][:], fb["samples"][:], rtol=1e-4)
     assert exported["summary"]["mse_dex2"] == pytest.approx(direct["summary"]["mse_dex2"], rel=1e-3)
     # The SavedModel's shifts are fixed at export; the .keras model's are its default, recorded.
-    assert direct["settings"]["random_shifts"] is True and exported["settings"]["random_shifts"] is None
-    assert evaluate(loaded, (stars, truth), **kwargs)["settings"]["random_shifts"] is True
-    with pytest.raises(ValueError, match="exported with random_shifts=True"):
-        evaluate(loaded, (stars, truth), random_shifts=False, **kwargs)
-    # Samples drawn with shifts are not resumed without them.
+    assert direct["settings"]["random_shifts"] is False and exported["settings"]["random_shifts"] is None
+    assert evaluate(loaded, (stars, truth), **kwargs)["settings"]["random_shifts"] is False
+    with pytest.raises(ValueError, match="exported with random_shifts=False"):
+        evaluate(loaded, (stars, truth), random_shifts=True, **kwargs)
+    # Samples drawn without shifts are not resumed with them.
     with pytest.raises(ValueError, match="random_shifts"):
-        evaluate(model, (stars, truth), out_dir=tmp_path / "b", sample_batch_size=4, random_shifts=False, **kwargs)
+        evaluate(model, (stars, truth), out_dir=tmp_path / "b", sample_batch_size=4, random_shifts=True, **kwargs)
     with pytest.raises(ValueError, match="SavedModel"):
         (tmp_path / "empty").mkdir()
         load_sampler(tmp_path / "empty")

@@ -27,6 +27,12 @@ import scipy.sparse
 import scipy.sparse.csgraph
 import scipy.spatial
 
+from keras_dmdiff.mock.particle_mesh import PARTICLE_CHUNK
+
+#: Particles projected at a time: a 2-D CIC projection keeps 4 corners per
+#: particle where the 3-D one keeps 8, so twice as many fit the same memory.
+PROJECTION_CHUNK = 2 * PARTICLE_CHUNK
+
 __all__ = [
     "slab_layout",
     "project_maps",
@@ -103,9 +109,8 @@ def project_maps(pos, weights, classes, num_classes, box_size, map_size, starts,
     out = np.zeros((3, n_slabs, num_classes, map_size, map_size))
     pix = map_size / box_size
     # Particles in chunks: the temporaries stay bounded for 512^3 particles.
-    chunk = 1 << 22
-    for begin in range(0, len(pos), chunk):
-        part = slice(begin, begin + chunk)
+    for begin in range(0, len(pos), PROJECTION_CHUNK):
+        part = slice(begin, begin + PROJECTION_CHUNK)
         _project_chunk(out, pos[part], weights[part], classes[part], num_classes, pix, map_size, starts, thickness)
     return out.reshape(3 * n_slabs, num_classes, map_size, map_size)
 

@@ -103,6 +103,16 @@ def alpha_sigma(gamma):
     return ops.sqrt(ops.sigmoid(-gamma)), ops.sqrt(ops.sigmoid(gamma))
 
 
+def ancestral_variance(gamma_t, gamma_s):
+    """Variance of q(z_s | z_t, x), s < t: sigma_s^2 (1 - SNR_t / SNR_s).
+
+    Written with sigmoid(gamma_s) and expm1, not 1 - alpha_s^2 and 1 - exp:
+    near t = 0 (gamma_s ~ -13) 1 - sigmoid(-gamma_s) keeps only ~2 significant
+    digits in float32.
+    """
+    return ops.sigmoid(gamma_s) * -ops.expm1(gamma_s - gamma_t)
+
+
 def ancestral_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
     """One draw from p(z_s | z_t) (Kingma et al. 2021, eq. 32), s < t.
 
@@ -122,8 +132,7 @@ def ancestral_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
     c = -ops.expm1(gamma_s - gamma_t)
     sigma_t = ops.sqrt(ops.sigmoid(gamma_t))
     mean = ops.sqrt(alpha_s_sq / alpha_t_sq) * (z_t - sigma_t * c * eps_hat)
-    scale = ops.sqrt((1.0 - alpha_s_sq) * c)
-    return mean + scale * noise, history
+    return mean + ops.sqrt(ancestral_variance(gamma_t, gamma_s)) * noise, history
 
 
 def ddim_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
@@ -168,14 +177,15 @@ def dpm_solver_2m_sde_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
     """
     x_previous, h_previous, has_previous = history
     alpha_t, sigma_t = alpha_sigma(gamma_t)
-    alpha_s, sigma_s = alpha_sigma(gamma_s)
+    alpha_s, _ = alpha_sigma(gamma_s)
     x_hat = (z_t - sigma_t * eps_hat) / alpha_t
     h = 0.5 * (gamma_t - gamma_s)
     kept = ops.exp(gamma_s - gamma_t)  # exp(-2h): the share of z_t that the step keeps
     # Guarded so the unused branch of the first step never divides by zero.
     ratio = h / ops.where(has_previous > 0, h_previous, h)
     data = x_hat + ops.where(has_previous > 0, 0.5 * ratio * (x_hat - x_previous), ops.zeros_like(x_hat))
-    z_s = (alpha_s / alpha_t) * kept * z_t + alpha_s * (1.0 - kept) * data + sigma_s * ops.sqrt(1.0 - kept) * noise
+    noise_scale = ops.sqrt(ancestral_variance(gamma_t, gamma_s))  # sigma_s sqrt(1 - kept)
+    z_s = (alpha_s / alpha_t) * kept * z_t + alpha_s * (1.0 - kept) * data + noise_scale * noise
     return z_s, (x_hat, h, ops.ones_like(has_previous))
 
 
@@ -229,7 +239,7 @@ def coupled_noise(shape, seed, step, group, noise_steps, schedule):
         t = (total - ops.cast(j, "float32")) / total
         s = (total - ops.cast(j, "float32") - 1.0) / total
         gamma_t, gamma_s = schedule(t), schedule(s)
-        variance = ops.sigmoid(gamma_s) * -ops.expm1(gamma_s - gamma_t)
+        variance = ancestral_variance(gamma_t, gamma_s)
         return weighted + ops.sqrt(variance) * stateless_normal(shape, seed, j), weight_sq + variance
 
     weighted, weight_sq = ops.fori_loop(0, group, body, (ops.zeros(shape), ops.zeros(())))

@@ -253,7 +253,7 @@ class VariationalDiffusion(keras.Model):
         tile_margin=32,
         tile_batch=1,
         noise_steps=None,
-        random_shifts=True,
+        random_shifts=False,
     ):
         """Draws posterior dark-matter maps for physical stellar-mass maps.
 
@@ -284,9 +284,9 @@ class VariationalDiffusion(keras.Model):
                 under-trained one leaves edges every `stride` pixels in its
                 samples; the shifts spread them out (the shipped CPU model:
                 edges on its 16-pixel grid 1.55x the typical pixel-to-pixel
-                jump without, 0.99x with; mean P ratio to the truth on held-out
-                maps 1.52 without, 1.15 with). False gives the samples of the
-                plain reverse process, as in the reference method.
+                jump without, 0.99x with). They change the statistics of an
+                under-trained model's samples, not only the edges: see
+                docs/benchmarks.md. Off by default, as in the reference method.
 
         Returns:
             numpy float32 [B, num_samples, H, W] physical dark matter.
