@@ -97,6 +97,7 @@ ROW_FIELDS = (
 #: Fields of every row of `run_bench(...)["quality"]["rows"]`.
 QUALITY_FIELDS = (
     "sampler",
+    "eta",
     "num_steps",
     "network_evaluations",
     "coupling",
@@ -639,6 +640,7 @@ def quality_vs_steps(
     coupled=True,
     converged_steps=None,
     random_shifts=None,
+    ddim_etas=(),
 ):
     """Quality of each sampler against its number of steps, relative to a reference sampler.
 
@@ -702,6 +704,8 @@ def quality_vs_steps(
         converged_steps: None, or steps of a convergence check of the reference sampler.
         random_shifts: None for `model.sample`'s default, or a bool (every
             row and the reference alike).
+        ddim_etas: also rows of stochastic DDIM with each of these `eta`
+            (0 < eta <= 1) at every step count.
 
     Returns:
         dict: "reference" (its settings and statistics), "reference_repeat"
@@ -721,7 +725,7 @@ def quality_vs_steps(
     noise_steps = math.lcm(*all_steps) if coupled else None
     shifts, sample_options = random_shift_options(model, random_shifts)
 
-    def draw(sampler, num_steps, draw_seed=seed):
+    def draw(sampler, num_steps, draw_seed=seed, eta=0.0):
         start = time.perf_counter()
         samples = model.sample(
             stellar_mass,
@@ -729,6 +733,7 @@ def quality_vs_steps(
             num_steps=num_steps,
             seed=draw_seed,
             sampler=sampler,
+            eta=eta,
             batch_size=batch_size,
             noise_steps=noise_steps,
             **sample_options,
@@ -742,22 +747,27 @@ def quality_vs_steps(
     ref_samples, ref_seconds = draw(reference_sampler, reference_steps)  # raises if it diverges
     ref = _sample_statistics(ref_samples, dark_matter, box, k_max)
     low_k = ref["low_k"]
-    from keras_dmdiff.models.samplers import STOCHASTIC_SAMPLERS
+    from keras_dmdiff.models.samplers import is_stochastic
     from keras_dmdiff.stats import DEFAULT_LOG10_SIGMA_BINS, one_point_pdf
 
     pdf_true = one_point_pdf(dark_matter)[1].mean(axis=0)
 
     width = np.diff(DEFAULT_LOG10_SIGMA_BINS)
 
-    def measure(sampler, num_steps, draw_seed=seed):
-        row = {"sampler": sampler, "num_steps": int(num_steps), "network_evaluations": evaluations(num_steps)}
+    def measure(sampler, num_steps, draw_seed=seed, eta=0.0):
+        row = {
+            "sampler": sampler,
+            "eta": float(eta) if sampler == "ddim" else None,
+            "num_steps": int(num_steps),
+            "network_evaluations": evaluations(num_steps),
+        }
         if draw_seed != seed or not coupled:
             row["coupling"] = "none"
         else:
-            stochastic = sampler in STOCHASTIC_SAMPLERS and reference_sampler in STOCHASTIC_SAMPLERS
+            stochastic = is_stochastic(sampler, eta) and is_stochastic(reference_sampler)
             row["coupling"] = "noise path" if stochastic else "initial noise"
         try:
-            samples, row["seconds"] = draw(sampler, int(num_steps), draw_seed)
+            samples, row["seconds"] = draw(sampler, int(num_steps), draw_seed, eta)
         except FloatingPointError as error:  # a diverging sampler is a result of the table, not a crash
             row.update({field: None for field in QUALITY_FIELDS if field not in row})
             row["error"] = str(error)
@@ -781,6 +791,7 @@ def quality_vs_steps(
 
     repeat = measure(reference_sampler, reference_steps, seed + 1) if noise_floor else None
     rows = [measure(sampler, num_steps) for sampler in samplers for num_steps in steps]
+    rows += [measure("ddim", num_steps, eta=eta) for eta in ddim_etas for num_steps in steps]
     if converged_steps:
         rows.append(dict(measure(reference_sampler, converged_steps), convergence_check=True))
     reference = {
@@ -895,6 +906,7 @@ def _worker_main(argv):
     parser.add_argument("--independent", action="store_true", help="no coupled noise between rows")
     parser.add_argument("--no-noise-floor", action="store_true")
     parser.add_argument("--random-shifts", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--ddim-etas", default="")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--tile-size", type=int, default=256)
@@ -954,6 +966,7 @@ def _worker_main(argv):
             coupled=not args.independent,
             converged_steps=args.converged_steps,
             random_shifts=args.random_shifts,
+            ddim_etas=[float(eta) for eta in args.ddim_etas.split(",") if eta],
         )
         output["backend"] = keras.backend.backend()
     print(_JSON_PREFIX + json.dumps(json_safe(output)), flush=True)
@@ -1090,6 +1103,8 @@ def format_table(result):
                     lines.append(f"| {row['sampler']} | {row['num_steps']} | error: {row['error']} |")
                     continue
                 check = " (convergence check)" if row.get("convergence_check") else ""
+                if row.get("eta"):
+                    check += f" (eta {row['eta']:g})"
                 lines.append(
                     f"| {row['sampler']}{check} | {row['num_steps']} | {row['network_evaluations']} "
                     f"| {row.get('coupling', '-')} | {row['seconds']:.2f} "
@@ -1136,6 +1151,7 @@ def run_bench(
     quality_coupled=True,
     quality_noise_floor=True,
     quality_random_shifts=None,
+    quality_ddim_etas=(),
     large_map_size=2048,
     large_map_tile=256,
     large_map_margin=32,
@@ -1179,6 +1195,7 @@ def run_bench(
             (see `quality_vs_steps`).
         quality_noise_floor: also redraw the reference with another seed.
         quality_random_shifts: None for `model.sample`'s default, or a bool.
+        quality_ddim_etas: also rows of stochastic DDIM with these `eta`.
         large_map_size: side of the large map sampled through tiles, per
             backend, for its peak memory (0 or None: skip).
         large_map_tile, large_map_margin: its tile cores and their margin.
@@ -1276,6 +1293,8 @@ def run_bench(
             arguments.append("--independent")
         if not quality_noise_floor:
             arguments.append("--no-noise-floor")
+        if quality_ddim_etas:
+            arguments += ["--ddim-etas", ",".join(map(str, quality_ddim_etas))]
         if quality_random_shifts is not None:
             arguments.append("--random-shifts" if quality_random_shifts else "--no-random-shifts")
         quality = _run_worker(quality_backend, arguments, timeout)

@@ -137,6 +137,9 @@ def _add_reconstruct(subparsers):
         default="ancestral",
         help="ancestral, ddim, dpm_solver_2m or dpm_solver_2m_sde (a SavedModel has the ones it was exported with)",
     )
+    parser.add_argument(
+        "--eta", type=float, default=0.0, help="with --sampler ddim: 0 deterministic ... 1 ancestral (.keras models)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="reconstruction.h5", help="output HDF5 file")
     parser.add_argument("--png", help="also write a figure here (default: next to --out)")
@@ -177,6 +180,7 @@ def _run_reconstruct(args):
         tile_size=args.tile_size,
         tile_margin=args.tile_margin,
         random_shifts=args.random_shifts,
+        eta=args.eta,
     )
     for name, path in outputs.items():
         print(f"{name}: {path}")
@@ -296,6 +300,9 @@ def _add_bench(subparsers):
         default=None,
         help="sample the quality table with (or without) random shifts (default: model.sample's default)",
     )
+    parser.add_argument(
+        "--ddim-etas", default="", help="also quality rows of stochastic DDIM with these comma-separated eta"
+    )
     parser.add_argument("--quality-samples", type=int, default=8, help="posterior samples per held-out map")
     parser.add_argument("--quality-maps", type=int, default=4, help="held-out maps used")
     parser.add_argument("--quality-crop", type=int, help="crop held-out maps to this size")
@@ -336,6 +343,7 @@ def _run_bench(args):
         quality_coupled=not args.independent_noise,
         quality_noise_floor=not args.no_noise_floor,
         quality_random_shifts=args.quality_random_shifts,
+        quality_ddim_etas=[float(eta) for eta in args.ddim_etas.split(",") if eta],
         large_map_size=args.large_map_size,
         large_map_tile=args.large_map_tile,
         large_map_margin=args.large_map_margin,

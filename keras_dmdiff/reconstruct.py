@@ -65,7 +65,7 @@ def read_maps(path, h5_dataset="stellar_mass"):
     raise ValueError(f"Unsupported map file {path}: use .npy, .npz or .h5.")
 
 
-def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=None):
+def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=None, eta=0.0):
     """A callable (stellar_mass, num_samples, num_steps, seed, sampler) -> samples, and its description.
 
     Args:
@@ -78,10 +78,11 @@ def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=None)
             SavedModel has the setting it was exported with), or a bool: roll
             the maps by a random offset below the network's stride at every
             step (`VariationalDiffusion.sample`).
+        eta: stochasticity of the "ddim" sampler (.keras models only).
 
     Raises:
-        ValueError: tiles asked of a SavedModel, or a `random_shifts` setting
-            that the model cannot honour.
+        ValueError: tiles or eta asked of a SavedModel, or a `random_shifts`
+            setting that the model cannot honour.
     """
     from keras_dmdiff import evaluation
 
@@ -93,6 +94,11 @@ def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=None)
         description = {"model": str(path), "format": "SavedModel" if path.is_dir() else "keras"}
     shifts, options = evaluation.random_shift_options(loaded, random_shifts)
     description["random_shifts"] = shifts
+    if eta:
+        sample = getattr(loaded, "sample", None)
+        if sample is None or not evaluation._accepts_keyword(sample, "eta"):
+            raise ValueError("eta (stochastic DDIM) needs a .keras model (a VariationalDiffusion), not a SavedModel.")
+        options["eta"] = description["eta"] = float(eta)
     if tile_size is not None:
         sample = getattr(loaded, "sample", None)
         if sample is None or not evaluation._accepts_keyword(sample, "tile_size"):
@@ -119,6 +125,7 @@ def reconstruct(
     tile_size=None,
     tile_margin=32,
     random_shifts=None,
+    eta=0.0,
 ):
     """Posterior dark-matter samples for stellar-mass maps, written to HDF5 (and a PNG).
 
@@ -138,6 +145,8 @@ def reconstruct(
             by a random offset below the network's stride at every step,
             which removes grid edges that an under-trained network leaves
             (off by default for .keras models; fixed at export in a SavedModel).
+        eta: with sampler="ddim", its stochasticity from 0 (deterministic)
+            to 1 (the ancestral step); .keras models only.
 
     Returns:
         dict of written paths ("samples", and "figure" when drawn).
@@ -160,7 +169,7 @@ def reconstruct(
     else:
         raise ValueError("Give stellar-mass maps (a path or an array) or example=True.")
     stellar = validate_maps(stellar, "stellar_mass")
-    draw, description = load_sampler(model, tile_size, tile_margin, random_shifts)
+    draw, description = load_sampler(model, tile_size, tile_margin, random_shifts, eta)
     samples = np.asarray(draw(stellar, num_samples=num_samples, num_steps=num_steps, seed=seed, sampler=sampler))
     if samples.shape != (stellar.shape[0], num_samples) + stellar.shape[1:]:
         raise RuntimeError(f"The model returned samples of shape {samples.shape}; expected [B, S, H, W].")

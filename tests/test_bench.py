@@ -113,7 +113,8 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
     bench._worker_main(
         ["quality", "--model", str(tmp_path / "model.keras"), "--data", str(tmp_path / "held_out.npz"),
          "--samplers", "ancestral,ddim,dpm_solver_2m_sde", "--steps", "2,4", "--reference-steps", "4",
-         "--converged-steps", "8", "--num-samples", "2", "--batch-size", "4", "--max-maps", "2"]
+         "--converged-steps", "8", "--num-samples", "2", "--batch-size", "4", "--max-maps", "2",
+         "--ddim-etas", "1"]
     )  # fmt: skip
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(bench._JSON_PREFIX)][-1]
     quality = json.loads(line[len(bench._JSON_PREFIX) :])
@@ -124,8 +125,12 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
         ("ancestral", 2, "noise path"), ("ancestral", 4, "noise path"),
         ("ddim", 2, "initial noise"), ("ddim", 4, "initial noise"),
         ("dpm_solver_2m_sde", 2, "noise path"), ("dpm_solver_2m_sde", 4, "noise path"),
+        ("ddim", 2, "noise path"), ("ddim", 4, "noise path"),
         ("ancestral", 8, "noise path"),
     ]  # fmt: skip
+    assert [row["eta"] for row in quality["rows"]] == [None, None, 0.0, 0.0, None, None, 1.0, 1.0, None]
+    # DDIM with eta = 1 is the ancestral step: at the reference's steps it redraws the reference.
+    assert abs(quality["rows"][7]["mean_power_ratio_difference"]) < 1e-3
     assert quality["rows"][-1]["convergence_check"] is True
     for row in quality["rows"]:
         assert set(row) - {"convergence_check"} == set(bench.QUALITY_FIELDS)
@@ -154,6 +159,7 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
     table = bench.format_table(result)
     assert "mean P ratio / ref - 1" in table and "| dpm_solver_2m_sde | 4 |" in table
     assert "| ancestral (convergence check) | 8 |" in table and "one grid of 8 steps" in table
+    assert "| ddim (eta 1) | 4 |" in table
     assert "Noise floor" in table
 
 

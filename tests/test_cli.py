@@ -120,8 +120,16 @@ def test_reconstruct_in_tiles_matches_tiled_sampling(tiny_model_path, tmp_path):
         assert json.loads(handle.attrs["model"])["tile_size"] == 16
 
 
-@pytest.mark.parametrize("flag, shifts", [([], False), (["--random-shifts"], True), (["--no-random-shifts"], False)])
-def test_reconstruct_random_shifts_flag_matches_model_sample(tiny_model_path, tmp_path, flag, shifts):
+@pytest.mark.parametrize(
+    "flag, options",
+    [
+        ([], {"random_shifts": False}),
+        (["--random-shifts"], {"random_shifts": True}),
+        (["--no-random-shifts"], {"random_shifts": False}),
+        (["--sampler", "ddim", "--eta", "0.5"], {"random_shifts": False, "sampler": "ddim", "eta": 0.5}),
+    ],
+)
+def test_reconstruct_sampling_flags_match_model_sample(tiny_model_path, tmp_path, flag, options):
     import json
 
     import keras
@@ -132,10 +140,12 @@ def test_reconstruct_random_shifts_flag_matches_model_sample(tiny_model_path, tm
     assert cli.main(["reconstruct", str(maps_path), "--model", str(tiny_model_path), "--num-samples", "2",
                      "--steps", "3", "--seed", "5", *flag, "--out", str(out), "--no-png"]) == 0  # fmt: skip
     model = keras.saving.load_model(tiny_model_path)
-    expected = model.sample(stellar_maps(2), num_samples=2, num_steps=3, seed=5, random_shifts=shifts)
+    expected = model.sample(stellar_maps(2), num_samples=2, num_steps=3, seed=5, **options)
     with h5py.File(out) as handle:
         np.testing.assert_allclose(handle["samples"][...], expected, rtol=1e-5)
-        assert json.loads(handle.attrs["model"])["random_shifts"] is shifts
+        description = json.loads(handle.attrs["model"])
+        assert description["random_shifts"] is options["random_shifts"]
+        assert description.get("eta") == options.get("eta")
 
 
 def test_export_with_random_shifts_then_reconstruct_from_the_saved_model(tiny_model_path, tmp_path, capsys):
@@ -179,6 +189,8 @@ def test_load_sampler_refuses_settings_a_model_cannot_honour():
         load_sampler(Exported(), random_shifts=True)
     with pytest.raises(ValueError, match="Tiled sampling needs a .keras model"):
         load_sampler(Exported(), tile_size=16)
+    with pytest.raises(ValueError, match="eta .stochastic DDIM. needs a .keras model"):
+        load_sampler(Exported(), eta=0.5)
     # Asking for what the object does anyway is fine.
     _, description = load_sampler(Exported(), random_shifts=False)
     assert description["random_shifts"] is False

@@ -42,6 +42,25 @@ def test_second_order_beats_first_order_at_few_steps(first_order, second_order):
     assert errors[second_order] < errors[first_order]
 
 
+def test_stochastic_ddim_spans_deterministic_ddim_to_ancestral():
+    condition = np.zeros((4, 32, 32, 1), "float32")
+    schedule = FixedLinearSchedule(-13.3, 13.3)
+
+    def draw(sampler, eta=0.0, num_steps=8):
+        return ops.convert_to_numpy(run_sampler(oracle_denoiser, schedule, condition, 5, num_steps, sampler, eta=eta))
+
+    # eta = 1 is the ancestral step (same noise), eta = 0 the deterministic one.
+    np.testing.assert_allclose(draw("ddim", eta=1.0), draw("ancestral"), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(draw("ddim", eta=0.0), draw("ddim"))
+    # In between it still draws the known posterior.
+    halfway = draw("ddim", eta=0.5, num_steps=50)
+    assert abs(halfway.mean() - MEAN) < 0.03 and abs(halfway.std() - STD) < 0.06
+    with pytest.raises(ValueError, match="between 0"):
+        run_sampler(oracle_denoiser, schedule, condition, 5, 2, "ddim", eta=1.5)
+    with pytest.raises(ValueError, match="stochasticity of the 'ddim' sampler"):
+        run_sampler(oracle_denoiser, schedule, condition, 5, 2, "ancestral", eta=0.5)
+
+
 def test_the_sde_solver_takes_the_ancestral_first_step():
     # Without a previous step DPM-Solver++(2M) SDE is the ancestral step itself.
     condition = np.zeros((2, 16, 16, 1), "float32")

@@ -11,6 +11,8 @@ samples for each new seed (keras.random only takes Python ints or a
 SeedGenerator, which cannot vary per call inside a compiled function).
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -135,13 +137,23 @@ def ancestral_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
     return mean + ops.sqrt(ancestral_variance(gamma_t, gamma_s)) * noise, history
 
 
-def ddim_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
-    """Deterministic DDIM step: jump to the predicted x at s along the same eps."""
-    del noise
+def ddim_step(z_t, eps_hat, gamma_t, gamma_s, noise, history, eta=0.0):
+    """DDIM step (Song et al. 2021): jump to the predicted x at s, keep part of eps, add fresh noise.
+
+    With `eta` = 0 it is deterministic (the probability-flow ODE's first-order
+    step); with `eta` = 1 the fresh noise has the variance of
+    q(z_s | z_t, x) and the step equals `ancestral_step`; in between, a
+    fraction eta^2 of that variance is fresh noise and the rest is the
+    predicted eps.
+    """
     alpha_t, sigma_t = alpha_sigma(gamma_t)
     alpha_s, sigma_s = alpha_sigma(gamma_s)
     x_hat = (z_t - sigma_t * eps_hat) / alpha_t
-    return alpha_s * x_hat + sigma_s * eps_hat, history
+    if not eta:
+        return alpha_s * x_hat + sigma_s * eps_hat, history
+    fresh = float(eta) ** 2 * ancestral_variance(gamma_t, gamma_s)
+    kept = ops.sqrt(ops.relu(ops.sigmoid(gamma_s) - fresh))
+    return alpha_s * x_hat + kept * eps_hat + ops.sqrt(fresh) * noise, history
 
 
 def dpm_solver_2m_step(z_t, eps_hat, gamma_t, gamma_s, noise, history):
@@ -199,10 +211,23 @@ SAMPLERS = {
 STOCHASTIC_SAMPLERS = frozenset({"ancestral", "dpm_solver_2m_sde"})
 
 
-def get_step(sampler):
+def get_step(sampler, eta=0.0):
+    """The step function of `sampler`; `eta` (0 to 1) is the stochasticity of "ddim" only."""
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}.")
-    return SAMPLERS[sampler]
+    eta = float(eta)
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be between 0 (deterministic DDIM) and 1 (ancestral); got {eta}.")
+    if not eta:
+        return SAMPLERS[sampler]
+    if sampler != "ddim":
+        raise ValueError(f"eta sets the stochasticity of the 'ddim' sampler; {sampler!r} has none to set.")
+    return functools.partial(ddim_step, eta=eta)
+
+
+def is_stochastic(sampler, eta=0.0):
+    """Whether `sampler` (with this `eta`) consumes fresh noise at every step."""
+    return sampler in STOCHASTIC_SAMPLERS or (sampler == "ddim" and float(eta) > 0)
 
 
 def noise_group(num_steps, noise_steps):
@@ -247,7 +272,15 @@ def coupled_noise(shape, seed, step, group, noise_steps, schedule):
 
 
 def run_sampler(
-    denoise, schedule, condition, seed, num_steps, sampler="ancestral", noise_steps=None, shift_period=None
+    denoise,
+    schedule,
+    condition,
+    seed,
+    num_steps,
+    sampler="ancestral",
+    noise_steps=None,
+    shift_period=None,
+    eta=0.0,
 ):
     """Draws z_0 / alpha_0 given the condition, in the network's normalised space.
 
@@ -266,11 +299,14 @@ def run_sampler(
             `num_steps` it changes nothing.
         shift_period: None, or the network's stride: roll the maps by a random
             offset below it at every step (`randomly_shifted`).
+        eta: "ddim" only: 0 deterministic, 1 the ancestral step, in between
+            a share of fresh noise (`ddim_step`).
 
     Returns:
         [B, H, W, 1] samples of the normalised target.
     """
-    step = get_step(sampler)
+    step = get_step(sampler, eta)
+    stochastic = is_stochastic(sampler, eta)
     group = noise_group(num_steps, noise_steps)
     gamma_0 = schedule(ops.zeros(()))
     gamma_1 = schedule(ops.ones(()))
@@ -289,7 +325,7 @@ def run_sampler(
         network = randomly_shifted(network, seed, int(shift_period))
 
     def step_noise(i):
-        if sampler not in STOCHASTIC_SAMPLERS:
+        if not stochastic:
             return ops.zeros(shape)  # an ODE step ignores it: do not spend time drawing it
         if group == 1:
             return stateless_normal(shape, seed, i)

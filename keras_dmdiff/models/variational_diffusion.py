@@ -9,7 +9,7 @@ from keras import ops
 from keras_dmdiff.models.conditional_unet import ConditionalUNet
 from keras_dmdiff.models.layers import PACKAGE
 from keras_dmdiff.models.noise_schedules import get_schedule
-from keras_dmdiff.models.samplers import SAMPLERS, alpha_sigma, noise_group, run_sampler, tiled_denoiser
+from keras_dmdiff.models.samplers import alpha_sigma, get_step, noise_group, run_sampler, tiled_denoiser
 from keras_dmdiff.transforms import MapTransform, validate_maps
 
 
@@ -198,8 +198,8 @@ class VariationalDiffusion(keras.Model):
         )
 
     # ------------------------------------------------------------------ sampling
-    def _sampler_function(self, sampler, num_steps, tiling=None, noise_steps=None, random_shifts=False):
-        key = (sampler, num_steps, tiling, noise_steps, random_shifts)
+    def _sampler_function(self, sampler, num_steps, tiling=None, noise_steps=None, random_shifts=False, eta=0.0):
+        key = (sampler, num_steps, tiling, noise_steps, random_shifts, eta)
         if key in self._compiled_samplers:
             return self._compiled_samplers[key]
 
@@ -211,7 +211,9 @@ class VariationalDiffusion(keras.Model):
 
         def draw(condition, seed):
             shift_period = self.stride if random_shifts else None
-            return run_sampler(denoise, self.schedule, condition, seed, num_steps, sampler, noise_steps, shift_period)
+            return run_sampler(
+                denoise, self.schedule, condition, seed, num_steps, sampler, noise_steps, shift_period, eta
+            )
 
         backend = keras.backend.backend()
         if backend == "tensorflow":
@@ -254,6 +256,7 @@ class VariationalDiffusion(keras.Model):
         tile_batch=1,
         noise_steps=None,
         random_shifts=False,
+        eta=0.0,
     ):
         """Draws posterior dark-matter maps for physical stellar-mass maps.
 
@@ -263,8 +266,9 @@ class VariationalDiffusion(keras.Model):
             num_samples: posterior samples per map.
             num_steps: reverse-diffusion steps from t=1 to 0.
             seed: int; the same seed gives the same samples.
-            sampler: "ancestral" (the reference), "ddim" (deterministic) or
-                "dpm_solver_2m" (second order, for 10-25 steps).
+            sampler: "ancestral" (the reference), "ddim" (deterministic, or
+                stochastic with `eta`), "dpm_solver_2m" (deterministic, second
+                order) or "dpm_solver_2m_sde" (stochastic, second order).
             batch_size: maps per network call; bounds memory.
             tile_size: None to denoise whole maps; else run the network on
                 overlapping periodic tiles of this size at every step, so
@@ -287,6 +291,9 @@ class VariationalDiffusion(keras.Model):
                 jump without, 0.99x with). They change the statistics of an
                 under-trained model's samples, not only the edges: see
                 docs/benchmarks.md. Off by default, as in the reference method.
+            eta: stochasticity of the "ddim" sampler, from 0 (deterministic)
+                to 1 (the ancestral step): a share eta^2 of each step's
+                posterior variance is fresh noise.
 
         Returns:
             numpy float32 [B, num_samples, H, W] physical dark matter.
@@ -299,8 +306,7 @@ class VariationalDiffusion(keras.Model):
             >>> reference = model.sample(stars, num_samples=8, num_steps=250)  # doctest: +SKIP
             >>> fast = model.sample(stars, num_samples=8, num_steps=25, noise_steps=250)  # doctest: +SKIP
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"Unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}.")
+        get_step(sampler, eta)  # checks the sampler name and eta
         if int(num_samples) < 1 or int(num_steps) < 1 or int(batch_size) < 1:
             raise ValueError("num_samples, num_steps and batch_size must be >= 1.")
         if not isinstance(seed, (int, np.integer)):
@@ -327,7 +333,7 @@ class VariationalDiffusion(keras.Model):
         if tiling is not None and (height % tiling[0] or width % tiling[0]):
             raise ValueError(f"tile_size {tiling[0]} must divide the map size {height}x{width}.")
         repeated = np.repeat(maps, num_samples, axis=0)
-        draw = self._sampler_function(sampler, int(num_steps), tiling, noise_steps, bool(random_shifts))
+        draw = self._sampler_function(sampler, int(num_steps), tiling, noise_steps, bool(random_shifts), float(eta))
         outputs = []
         for chunk, start in enumerate(range(0, len(repeated), batch_size)):
             condition = self(repeated[start : start + batch_size])
