@@ -94,15 +94,17 @@ def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=None,
         description = {"model": str(path), "format": "SavedModel" if path.is_dir() else "keras"}
     shifts, options = evaluation.random_shift_options(loaded, random_shifts)
     description["random_shifts"] = shifts
-    if eta:
+
+    def require(keyword, feature):
         sample = getattr(loaded, "sample", None)
-        if sample is None or not evaluation._accepts_keyword(sample, "eta"):
-            raise ValueError("eta (stochastic DDIM) needs a .keras model (a VariationalDiffusion), not a SavedModel.")
+        if sample is None or not evaluation._accepts_keyword(sample, keyword):
+            raise ValueError(f"{feature} needs a .keras model (a VariationalDiffusion), not a SavedModel.")
+
+    if eta:
+        require("eta", "eta (stochastic DDIM)")
         options["eta"] = description["eta"] = float(eta)
     if tile_size is not None:
-        sample = getattr(loaded, "sample", None)
-        if sample is None or not evaluation._accepts_keyword(sample, "tile_size"):
-            raise ValueError("Tiled sampling needs a .keras model (a VariationalDiffusion), not a SavedModel.")
+        require("tile_size", "Tiled sampling")
         options.update(tile_size=int(tile_size), tile_margin=int(tile_margin))
         description.update(tile_size=int(tile_size), tile_margin=int(tile_margin))
         # Tiles bound memory only if the maps go through the network one at a time.
