@@ -71,6 +71,7 @@ def _add_train(subparsers):
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--verbose", type=int, default=2, help="1: progress bar, 2: one line per epoch")
+    _add_time_limit(parser)
     parser.set_defaults(func=_run_train)
 
 
@@ -95,8 +96,20 @@ def _run_train(args):
     if args.recipe:
         settings.update(load_recipe(args.recipe).get("train", {}))
     settings.update(_parse_settings(args.settings))
-    train(settings, args.out, verbose=args.verbose)
+    if train(settings, args.out, verbose=args.verbose, time_limit_s=args.time_limit) is None:
+        print(f"stopped by the time limit; rerun the same command to resume {args.out}")
+        return
     print(f"model: {pathlib.Path(args.out) / 'model.keras'}")
+
+
+def _add_time_limit(parser):
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="wall-time seconds for training in this call: stop cleanly at the last checkpoint that fits; "
+        "rerun to resume",
+    )
 
 
 def _add_run(subparsers):
@@ -108,13 +121,14 @@ def _add_run(subparsers):
     )
     parser.add_argument("recipe", help="path to a recipe .toml")
     parser.add_argument("--out", help="run folder (default: runs/<recipe name>)")
+    _add_time_limit(parser)
     parser.set_defaults(func=_run_recipe)
 
 
 def _run_recipe(args):
     from keras_dmdiff.recipes import run_recipe
 
-    out = run_recipe(args.recipe, args.out)
+    out = run_recipe(args.recipe, args.out, time_limit_s=args.time_limit)
     print(f"run folder: {out}")
 
 

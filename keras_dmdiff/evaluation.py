@@ -15,7 +15,7 @@ per map and measures what a cosmologist needs to trust them:
   the brightest galaxies, the TARP expected-coverage curve on `log10 P(k)`, and
   `stats.calibration_verdict`.
 
-Baselines (issue 4): (a) the regression U-Net (`keras_dmdiff.regression`),
+Baselines (issue 4): (a) the regression U-Net (`keras_dmdiff.models.RegressionUNet`),
 (b) the conditional mean of log10 Mcdm in bins of smoothed stellar mass
 (`baselines.ConditionalMeanBaseline`, fitted on a *training* split),
 (c) the stellar-mass map itself (`baselines.stellar_tracer`).
@@ -210,7 +210,7 @@ def load_sampler(model_path, batch_size=16):
     import keras
 
     import keras_dmdiff  # noqa: F401  (registers the package's serializable classes)
-    import keras_dmdiff.regression  # noqa: F401
+    import keras_dmdiff.models.regression_unet  # noqa: F401
 
     model = keras.saving.load_model(path)
     return as_sampler(model, batch_size), model
@@ -679,7 +679,9 @@ def evaluate(
     store = _SampleStore(folder / SAMPLES_FILE, stars, dm, num_samples, settings, meta)
     try:
         _draw_missing(store, draw, stars, settings, progress)
-        metrics = _measure(store, stars, dm, chosen, settings, progress, pixels_per_map,
+        # The network's stride, where the sampler has one: the grid its artefacts would sit on.
+        measure_settings = dict(settings, grid_period=int(getattr(sampler_or_model, "stride", 16)))
+        metrics = _measure(store, stars, dm, chosen, measure_settings, progress, pixels_per_map,
                            num_apertures, aperture_radius, example_index)
     finally:
         store.close()
@@ -764,6 +766,8 @@ def _measure(store, stars, dm, baselines, settings, progress, pixels_per_map,
     pdf_samples = np.empty_like(pdf_truth)
     pdf_mean = np.empty_like(pdf_truth)
     mse = {"diffusion_posterior_mean": [], "diffusion_posterior_log_mean": [], "diffusion_samples": []}
+    grid_period = settings.get("grid_period", 16)
+    grid_edges = {"diffusion_samples": [], "truth": []}
     pix_s = np.empty((s, n * pixels), np.float32)
     pix_t = np.empty((n * pixels,), np.float32)
     ap_s, ap_t = [], []
@@ -794,6 +798,9 @@ def _measure(store, stars, dm, baselines, settings, progress, pixels_per_map,
         mse["diffusion_posterior_mean"].append(float(stats.mse_dex2(mean_map, t)))
         mse["diffusion_posterior_log_mean"].append(float(np.mean((log_mean - log_t) ** 2)))
         mse["diffusion_samples"].append(float(np.mean((log_samples - log_t) ** 2)))
+        if size % grid_period == 0:
+            grid_edges["diffusion_samples"].append(stats.grid_edge_ratio(samples, grid_period))
+            grid_edges["truth"].append(stats.grid_edge_ratio(t, grid_period))
 
         # Pixel subset for calibration (fixed by seed and map index).
         rng = np.random.default_rng([settings["seed"], i])
@@ -882,6 +889,10 @@ def _measure(store, stars, dm, baselines, settings, progress, pixels_per_map,
                 "coverage": tarp["coverage"],
                 "max_error": tarp["max_error"],
             }
+        calibration["fourier"] = stats.fourier_calibration(
+            k, cross["diffusion_samples"]["mean"], cross["diffusion_posterior_mean"]["mean"], s,
+            k_max=POWER_RATIO_K_MAX,
+        )
         pixel_cal = calibration["pixels"]
         summary_cal = {
             "coverage": dict(
@@ -893,6 +904,8 @@ def _measure(store, stars, dm, baselines, settings, progress, pixels_per_map,
             "verdict_power_spectrum": calibration["power_spectrum"]["verdict"],
             "verdict_aperture_masses": calibration.get("aperture_masses", {}).get("verdict"),
             "tarp_max_error": calibration.get("tarp", {}).get("max_error"),
+            "fourier_calibration_max_difference": calibration["fourier"]["max_difference"],
+            "verdict_fourier": calibration["fourier"]["verdict"],
         }
     else:
         summary_cal = {"verdict": None, "coverage_error": None,
@@ -908,6 +921,9 @@ def _measure(store, stars, dm, baselines, settings, progress, pixels_per_map,
             name: _mean_in(k, band["mean"], lo, hi) for name, band in cross.items()
         },
         "mse_dex2": {name: v["mean"] for name, v in mse_summary.items()},
+        "grid_edge_ratio": {
+            name: float(np.mean(v)) if v else None for name, v in grid_edges.items()
+        },
         **summary_cal,
     }
     return {
@@ -1061,7 +1077,7 @@ def load_regression_model(path):
     import keras
 
     import keras_dmdiff  # noqa: F401
-    from keras_dmdiff.regression import RegressionUNet
+    from keras_dmdiff.models.regression_unet import RegressionUNet
 
     model = keras.saving.load_model(os.path.expanduser(os.fspath(path)))
     if not isinstance(model, RegressionUNet):

@@ -213,7 +213,7 @@ def export_saved_model(
     schedule = model.schedule
 
     def denoise(z, condition, gamma_normalised):
-        return network([z, condition, gamma_normalised], training=False)
+        return model.predict_noise(z, condition, gamma_normalised)
 
     def make_draw(sampler):
         def draw(stellar_mass, num_steps, seed):
@@ -221,6 +221,7 @@ def export_saved_model(
             # (which takes a tensor step count), inverse transform.
             condition = transform.stellar_to_network(ops.expand_dims(stellar_mass, -1))
             normalised = run_sampler(denoise, schedule, condition, seed, num_steps, sampler, shift_period=shift_period)
+            normalised = normalised + model.residual_mean(condition)
             return transform.dark_matter_from_network(normalised)[..., 0]
 
         return draw
@@ -236,6 +237,8 @@ def export_saved_model(
         # sampler's layers (not the optimizer or metrics).
         archive.track(network)
         archive.track(schedule)
+        if getattr(model, "mean_network", None) is not None:
+            archive.track(model.mean_network)
         draw_kwargs = {
             "is_static": False,
             "jax2tf_kwargs": {

@@ -70,13 +70,15 @@ def _step_mock(step, run_dir):
     )
 
 
-def _step_train(step, run_dir):
+def _step_train(step, run_dir, time_limit_s=None):
+    """Returns False when the time limit stopped the training before its end."""
     from keras_dmdiff.training import train
 
     settings = {k: v for k, v in step.items() if k not in ("kind", "out", "verbose")}
     settings["data_dir"] = _resolve(run_dir, settings.get("data_dir", "tfds"))
     settings["manual_dir"] = _resolve(run_dir, settings.get("manual_dir"))
-    train(settings, _resolve(run_dir, step.get("out", "train")), verbose=step.get("verbose", 2))
+    out = _resolve(run_dir, step.get("out", "train"))
+    return train(settings, out, verbose=step.get("verbose", 2), time_limit_s=time_limit_s) is not None
 
 
 def _step_evaluate(step, run_dir):
@@ -93,6 +95,7 @@ def _step_evaluate(step, run_dir):
         sampler=step.get("sampler", "ancestral"),
         random_shifts=step.get("random_shifts"),
         max_maps=step.get("max_maps"),
+        regression_model_path=_resolve(run_dir, step.get("regression_model")),
         data_dir=_resolve(run_dir, step.get("data_dir", "tfds")),
         manual_dir=_resolve(run_dir, step.get("manual_dir")),
     )
@@ -176,16 +179,20 @@ _STEPS = {
 }
 
 
-def run_recipe(path, out_dir=None):
+def run_recipe(path, out_dir=None, time_limit_s=None):
     """Runs every step of a recipe into `out_dir` (default runs/<recipe name>).
 
     Args:
         path: the recipe .toml.
         out_dir: the run folder; a copy of the recipe is kept in it.
+        time_limit_s: None, or wall-time seconds for this call: a training
+            step stops cleanly at its last checkpoint that fits, and the
+            recipe stops there; rerunning resumes.
 
     Returns:
         The run folder as a pathlib.Path.
     """
+    deadline = None if time_limit_s is None else time.time() + float(time_limit_s)
     path = pathlib.Path(path)
     recipe = load_recipe(path)
     run_dir = pathlib.Path(out_dir or pathlib.Path("runs") / path.stem)
@@ -197,6 +204,12 @@ def run_recipe(path, out_dir=None):
     for index, step in enumerate(recipe.get("steps", [])):
         start = time.time()
         print(f"[{path.stem}] step {index + 1}/{len(recipe['steps'])}: {step['kind']}", flush=True)
-        _STEPS[step["kind"]](step, run_dir)
+        if step["kind"] == "train":
+            remaining = None if deadline is None else deadline - time.time()
+            if not _step_train(step, run_dir, remaining):
+                print(f"[{path.stem}] stopped by the time limit; rerun to resume.", flush=True)
+                return run_dir
+        else:
+            _STEPS[step["kind"]](step, run_dir)
         print(f"[{path.stem}] step {step['kind']} done in {time.time() - start:.0f} s", flush=True)
     return run_dir

@@ -10,6 +10,9 @@ A run folder holds everything a run writes:
       history.csv        the loss curve (appended across resumes)
       model.keras        the final model (EMA weights when EMA is on)
       done.json          wall time and step count, written last
+      mean/              residual mode only: the regression U-Net mu(stars),
+                         trained first, in the same layout
+
 
 Re-running a finished run does nothing; re-running a killed run resumes from
 its last checkpoint with the loss curve continuing.
@@ -55,6 +58,11 @@ class TrainConfig:
         validation_batches: batches of the validation split evaluated per epoch.
         seed: seed of the model and the pipeline.
         data_parallel: split batches over all local devices (keras.distribution).
+        prediction, loss_weighting, weighting_bias, importance_sampling: the
+            diffusion objective (see `VariationalDiffusion`).
+        residual: train a regression U-Net mu(stars) first (same preset, data
+            and optimiser settings) and the diffusion on y - mu(stars).
+        mean_steps: optimiser steps of that regression U-Net.
     """
 
     dataset: str = "camels_cmd/mock_IllustrisTNG_LH"
@@ -76,6 +84,12 @@ class TrainConfig:
     validation_batches: int = 4
     seed: int = 0
     data_parallel: bool = False
+    prediction: str = "eps"
+    loss_weighting: str = "elbo"
+    weighting_bias: float | None = None
+    importance_sampling: bool = False
+    residual: bool = False
+    mean_steps: int = 0
 
     @classmethod
     def from_dict(cls, values):
@@ -97,6 +111,13 @@ class TrainConfig:
             )
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0; got {self.learning_rate}.")
+        if self.residual and (self.mean_steps < 1 or self.mean_steps % self.steps_per_epoch):
+            raise ValueError(
+                f"A residual run needs `mean_steps` >= 1, a multiple of `steps_per_epoch` "
+                f"({self.steps_per_epoch}); got {self.mean_steps}."
+            )
+        if not self.residual and self.mean_steps:
+            raise ValueError("`mean_steps` is the residual mode's setting: set `residual = true` or drop it.")
 
 
 class ResumableCSVLogger(keras.callbacks.Callback):
@@ -147,10 +168,53 @@ class ResumableCSVLogger(keras.callbacks.Callback):
         self._write(fields, rows)
 
 
-def build_model(config):
-    """The untrained VariationalDiffusion described by a TrainConfig."""
+class WallTimeLimit(keras.callbacks.Callback):
+    """Stops `fit` at the end of an epoch when the next one would pass a deadline.
+
+    Stopping at an epoch's end leaves the run exactly at a checkpoint, so a
+    rerun resumes with no step lost or repeated.
+
+    Args:
+        deadline: `time.time()` value to stop before.
+    """
+
+    def __init__(self, deadline):
+        super().__init__()
+        self.deadline = deadline
+        self.stopped = False
+        self._epoch_start = None
+        self._longest = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.time()
+        self._longest = max(self._longest, now - self._epoch_start)
+        if now + self._longest > self.deadline and epoch + 1 < self.params.get("epochs", epoch + 2):
+            self.stopped = True
+            self.model.stop_training = True
+
+
+def build_model(config, mean_network=None):
+    """The untrained VariationalDiffusion described by a TrainConfig.
+
+    Args:
+        config: a TrainConfig.
+        mean_network: the trained RegressionUNet of a residual run.
+    """
     network = network_from_preset(config.preset, **config.network)
-    return VariationalDiffusion(network=network, schedule=config.schedule, seed=config.seed)
+    return VariationalDiffusion(
+        network=network,
+        schedule=config.schedule,
+        seed=config.seed,
+        prediction=config.prediction,
+        loss_weighting=config.loss_weighting,
+        weighting_bias=config.weighting_bias,
+        importance_sampling=config.importance_sampling,
+        mean_network=mean_network,
+        transform=None if mean_network is None else mean_network.transform.get_config(),
+    )
 
 
 def build_optimizer(config):
@@ -214,20 +278,23 @@ def _fit_transform(config, run_dir):
     return transform
 
 
-def train(config, run_dir, verbose="auto"):
+def train(config, run_dir, verbose="auto", time_limit_s=None):
     """Trains (or resumes) the run described by `config` in `run_dir`.
 
     Args:
         config: a TrainConfig or a dict of its fields.
         run_dir: the run folder (created if needed).
         verbose: passed to `fit` (1: progress bar, 2: one line per epoch).
+        time_limit_s: None, or seconds of wall time for this call: training
+            stops at the last epoch end that fits (a checkpoint) and returns
+            None; calling again resumes there. Not part of the configuration.
 
     Returns:
         The trained VariationalDiffusion (loaded from run_dir/model.keras when
-        the run had already finished).
+        the run had already finished), or None when `time_limit_s` stopped it.
 
     Example:
-        >>> model = train({"preset": "tiny", "steps": 100, "steps_per_epoch": 50}, "runs/tiny")
+        >>> model = train({"preset": "tiny", "steps": 100, "steps_per_epoch": 50}, "runs/tiny")  # doctest: +SKIP
     """
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
@@ -251,9 +318,40 @@ def train(config, run_dir, verbose="auto"):
         if len(devices) > 1:
             keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
 
+    deadline = None if time_limit_s is None else time.time() + float(time_limit_s)
+    transform = _fit_transform(config, run_dir)
+    mean_network = None
+    if config.residual:
+        mean_network = _train_mean_network(config, run_dir / "mean", transform, verbose, deadline)
+        if mean_network is None:
+            return None
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config)
-    model.transform = _fit_transform(config, run_dir)
+    model = build_model(config, mean_network)
+    model.transform = transform
+    return _fit(model, config, run_dir, config.steps, verbose, deadline)
+
+
+def _train_mean_network(config, run_dir, transform, verbose, deadline):
+    """The residual mode's regression U-Net, trained (or resumed) in its own folder."""
+    from keras_dmdiff.models import RegressionUNet
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final_path = run_dir / "model.keras"
+    if not ((run_dir / "done.json").exists() and final_path.exists()):
+        keras.utils.set_random_seed(config.seed)
+        network = network_from_preset(config.preset, **config.network)
+        model = RegressionUNet(network=network, transform=transform.get_config())
+        if _fit(model, config, run_dir, config.mean_steps, verbose, deadline) is None:
+            return None
+    return keras.saving.load_model(final_path, compile=False)
+
+
+def _fit(model, config, run_dir, steps, verbose, deadline=None):
+    """Fits `model` for `steps` from its last checkpoint in `run_dir`; saves model.keras and done.json.
+
+    Returns the model, or None when `deadline` stopped it at an epoch end.
+    """
+    final_path = run_dir / "model.keras"
     model.compile(optimizer=build_optimizer(config))
     # BackupAndRestore restores into existing variables: create them first.
     model.build()
@@ -275,23 +373,31 @@ def train(config, run_dir, verbose="auto"):
     if config.ema_momentum is not None:
         # Validate with the EMA weights, train with the raw ones.
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    limit = None
+    if deadline is not None:
+        # Last, so that it runs after the checkpoint of the epoch it stops at.
+        limit = WallTimeLimit(deadline)
+        callbacks.append(limit)
 
     start = time.time()
     history = model.fit(
         train_data,
         validation_data=validation_data,
-        epochs=config.steps // config.steps_per_epoch,
+        epochs=steps // config.steps_per_epoch,
         steps_per_epoch=config.steps_per_epoch,
         callbacks=callbacks,
         verbose=verbose,
     )
     if any(not np.isfinite(v) for v in history.history.get("loss", [])):
         raise FloatingPointError(f"Training diverged (NaN loss); see {run_dir / 'history.csv'}.")
+    if limit is not None and limit.stopped:
+        print(f"Stopped by the time limit after epoch {len(history.epoch)}; rerun to resume from {run_dir}.")
+        return None
     model.save(final_path)
     (run_dir / "done.json").write_text(
         json.dumps(
             {
-                "steps": config.steps,
+                "steps": steps,
                 "wall_time_s_last_session": round(time.time() - start, 1),
                 "backend": keras.backend.backend(),
                 "parameters": int(model.network.count_params()),

@@ -220,3 +220,56 @@ def test_map_feature_ranks_for_exchangeable_and_too_narrow_samplers():
     _, narrow_ranks = power_spectrum_ranks(narrow, truth, bins="log", num_bins=6)
     assert np.mean(narrow_ranks == num_samples) > 0.9  # truth has more power than all draws
     assert calibration_verdict(narrow, truth)["verdict"] == "under-dispersed"
+
+
+# ---------------------------------------------------------------- Fourier calibration
+def _gaussian_posterior_fields(num_maps=24, num_samples=4, size=64, seed=0):
+    """Truth and samples of an exactly known Gaussian posterior, one field per map.
+
+    truth = m + e and sample = m + e' with m, e, e' independent white fields of
+    variances 1, v, v: every sample is a draw of p(truth | m).
+    """
+    from keras_dmdiff.stats import cross_correlation
+
+    rng = np.random.default_rng(seed)
+    v = 0.6
+    r_single, r_mean = [], []
+    for _ in range(num_maps):
+        m = rng.normal(size=(size, size))
+        truth = 10 + m + np.sqrt(v) * rng.normal(size=(size, size))
+        samples = 10 + m + np.sqrt(v) * rng.normal(size=(num_samples, size, size))
+        k, r_each, _ = cross_correlation(samples, truth, 25.0, bins="log")
+        r_single.append(r_each.mean(axis=0))
+        r_mean.append(cross_correlation(samples.mean(axis=0), truth, 25.0, bins="log")[1])
+    return k, np.nanmean(r_single, axis=0), np.nanmean(r_mean, axis=0), v
+
+
+def test_fourier_calibration_passes_an_exact_posterior_and_flags_a_collapsed_one():
+    from keras_dmdiff.stats import fourier_calibration, predicted_mean_correlation
+
+    k, r_single, r_mean, v = _gaussian_posterior_fields()
+    # rho = 1 / (1 + v) for these fields; the formula's prediction for N = 4:
+    rho = 1 / (1 + v)
+    expected = rho / np.sqrt(rho + (1 - rho) / 4)
+    np.testing.assert_allclose(predicted_mean_correlation(rho, 4), expected)
+    assert float(predicted_mean_correlation(rho, 1)) == pytest.approx(rho)
+    good = fourier_calibration(k, r_single, r_mean, 4, k_max=40.0)
+    assert good["verdict"] == "calibrated" and good["max_difference"] < 0.05
+    # Samples that all equal their mean (no spread): r of the mean = r of one sample < prediction.
+    collapsed = fourier_calibration(k, r_single, r_single, 4, k_max=40.0)
+    assert collapsed["verdict"] == "under-dispersed"
+    assert collapsed["max_difference"] == pytest.approx(np.max(np.abs(predicted_mean_correlation(r_single, 4) - r_single)))
+
+
+def test_grid_edge_ratio_sees_blocks_and_not_smooth_noise():
+    from keras_dmdiff.stats import grid_edge_ratio
+
+    rng = np.random.default_rng(1)
+    noise = 10 ** (11 + 0.1 * rng.normal(size=(3, 64, 64)))
+    assert grid_edge_ratio(noise, 16) == pytest.approx(1.0, abs=0.05)
+    # A step of 0.3 dex at every 16-pixel block boundary on top of the noise.
+    blocks = np.kron(rng.normal(size=(3, 4, 4)), np.ones((16, 16))) * 0.3
+    blocky = noise * 10**blocks
+    assert grid_edge_ratio(blocky, 16) > 2.0
+    with pytest.raises(ValueError, match="divide"):
+        grid_edge_ratio(noise, 24)

@@ -16,7 +16,7 @@ from keras_dmdiff.evaluation import (
     run_evaluation,
 )
 from keras_dmdiff.models import VariationalDiffusion, network_from_preset
-from keras_dmdiff.regression import RegressionUNet
+from keras_dmdiff.models.regression_unet import RegressionUNet
 from keras_dmdiff_datasets.camels_cmd.fake_cmd import fake_maps, write_fake_cmd_files
 
 numpy_only = pytest.mark.backend_independent

@@ -95,3 +95,34 @@ def test_bad_configs_are_rejected(cmd_dirs, tmp_path):
     train(tiny_config(cmd_dirs, steps=2, steps_per_epoch=2), tmp_path / "a", verbose=0)
     with pytest.raises(ValueError, match="another configuration"):
         train(tiny_config(cmd_dirs, steps=4, steps_per_epoch=2), tmp_path / "a", verbose=0)
+
+
+def test_residual_run_trains_the_mean_network_first_and_ships_one_model(cmd_dirs, tmp_path):
+    config = tiny_config(cmd_dirs, residual=True, mean_steps=4, prediction="v", loss_weighting="sigmoid")
+    model = train(config, tmp_path / "run", verbose=0)
+    assert json.loads((tmp_path / "run" / "mean" / "done.json").read_text())["steps"] == 4
+    assert len(read_history(tmp_path / "run" / "mean" / "history.csv")) == 2
+    assert model.mean_network is not None and model.get_config()["prediction"] == "v"
+    mean = keras.saving.load_model(tmp_path / "run" / "mean" / "model.keras", compile=False)
+    for ours, theirs in zip(model.mean_network.get_weights(), mean.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)  # frozen while the diffusion trained
+    loaded = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert loaded.mean_network.transform.get_config() == loaded.transform.get_config()
+
+
+def test_time_limit_stops_at_a_checkpoint_and_a_rerun_finishes(cmd_dirs, tmp_path):
+    run = tmp_path / "run"
+    # A zero budget stops after the first epoch (its checkpoint is written first).
+    assert train(tiny_config(cmd_dirs), run, verbose=0, time_limit_s=0.0) is None
+    assert not (run / "model.keras").exists() and not (run / "done.json").exists()
+    assert [row["epoch"] for row in read_history(run / "history.csv")] == ["0"]
+    model = train(tiny_config(cmd_dirs), run, verbose=0)
+    assert model is not None and (run / "done.json").exists()
+    assert [row["epoch"] for row in read_history(run / "history.csv")] == ["0", "1", "2"]
+
+
+def test_residual_settings_are_checked():
+    with pytest.raises(ValueError, match="mean_steps"):
+        TrainConfig.from_dict({"residual": True, "steps": 4, "steps_per_epoch": 2})
+    with pytest.raises(ValueError, match="residual = true"):
+        TrainConfig.from_dict({"mean_steps": 2, "steps": 4, "steps_per_epoch": 2})

@@ -152,3 +152,134 @@ def test_tiled_sampling_matches_whole_map_sampling():
         model.sample(stars, num_steps=1, tile_size=24)
     with pytest.raises(ValueError, match="must divide"):
         model.sample(stars, num_steps=1, tile_size=48, tile_margin=8)
+
+
+# --------------------------------------------------------------- objectives
+def test_v_prediction_of_an_untrained_network_predicts_alpha_z():
+    """conv_out starts at zero, so v_hat = 0: eps_hat = sigma z, y_hat = alpha z (the unit-variance optimum)."""
+    model = tiny_model(prediction="v")
+    model.build()
+    z = keras.random.normal((3, 16, 16, 1), seed=0)
+    condition = keras.random.normal((3, 16, 16, 1), seed=1)
+    gamma_normalised = np.array([0.1, 0.5, 0.9], "float32")
+    eps_hat = keras.ops.convert_to_numpy(model.predict_noise(z, condition, gamma_normalised))
+    gamma = -13.3 + gamma_normalised * 26.6
+    sigma = np.sqrt(1 / (1 + np.exp(-gamma)))[:, None, None, None]
+    np.testing.assert_allclose(eps_hat, sigma * keras.ops.convert_to_numpy(z), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"prediction": "v"},
+        {"loss_weighting": "sigmoid"},
+        {"loss_weighting": "sigmoid", "importance_sampling": True},
+        {"loss_weighting": "min_snr", "importance_sampling": True, "prediction": "v"},
+    ],
+)
+def test_every_objective_trains_reports_the_elbo_and_round_trips(kwargs, tmp_path):
+    stars, dm, _ = toy_data(n=32)
+    model = tiny_model(**kwargs)
+    model.adapt(stars, dm)
+    model.compile(optimizer=keras.optimizers.AdamW(3e-3, global_clipnorm=1.0))
+    history = model.fit(stars, dm, batch_size=16, epochs=3, verbose=0).history
+    for name in ("loss", "elbo_bpd", "diffusion_bpd", "weighted_diffusion_bpd"):
+        assert np.all(np.isfinite(history[name])), name
+    if kwargs.get("loss_weighting", "elbo") != "elbo":
+        # The weights are below 1, so the weighted term is smaller than the ELBO's.
+        assert history["weighted_diffusion_bpd"][-1] < history["diffusion_bpd"][-1]
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for key, value in kwargs.items():
+        assert loaded.get_config()[key] == value
+    np.testing.assert_array_equal(
+        model.sample(stars[:1], num_samples=2, num_steps=4, seed=2),
+        loaded.sample(stars[:1], num_samples=2, num_steps=4, seed=2),
+    )
+
+
+def test_elbo_weighting_reports_the_elbo_as_its_loss():
+    stars, dm, _ = toy_data(n=16)
+    model = tiny_model()
+    model.adapt(stars, dm)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    results = model.evaluate(stars, dm, batch_size=16, verbose=0, return_dict=True)
+    assert results["loss"] == pytest.approx(results["elbo_bpd"], rel=1e-5)
+    assert results["weighted_diffusion_bpd"] == pytest.approx(results["diffusion_bpd"], rel=1e-5)
+
+
+def test_importance_sampled_times_follow_the_weighting():
+    model = tiny_model(loss_weighting="sigmoid", antithetic_time_sampling=False, importance_sampling=True)
+    model.build()
+    t, total = model._sample_times(20_000)
+    gamma = -13.3 + 26.6 * keras.ops.convert_to_numpy(t)
+    # Density of gamma proportional to sigmoid(gamma + 2): its CDF is a softplus ratio.
+    softplus = lambda g: np.logaddexp(0.0, g + 2.0)  # noqa: E731
+    assert float(total) == pytest.approx(softplus(13.3) - softplus(-13.3), rel=1e-5)
+    for point in (-6.0, -2.0, 0.0, 4.0):
+        expected = (softplus(point) - softplus(-13.3)) / (softplus(13.3) - softplus(-13.3))
+        assert np.mean(gamma <= point) == pytest.approx(expected, abs=0.015)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prediction": "x"}, "Unknown prediction"),
+        ({"loss_weighting": "snr"}, "Unknown loss weighting"),
+        ({"importance_sampling": True, "schedule": "learned_monotone"}, "linear schedule"),
+        ({"mean_network": "not a model"}, "RegressionUNet"),
+    ],
+)
+def test_bad_objectives_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(**kwargs)
+
+
+# ------------------------------------------------------------- residual mode
+def _mean_network(stars, dm, transform=None):
+    from keras_dmdiff.models import RegressionUNet
+
+    mean = RegressionUNet(network=network_from_preset("tiny"), transform=transform)
+    if transform is None:
+        mean.adapt(stars, dm)
+    mean.compile(optimizer=keras.optimizers.Adam(3e-3))
+    mean.fit(stars, dm, batch_size=16, epochs=2, verbose=0)
+    return mean
+
+
+def test_residual_samples_are_the_plain_samples_plus_the_mean(tmp_path):
+    stars, dm, _ = toy_data(n=32)
+    plain = tiny_model()
+    plain.adapt(stars, dm)
+    mean = _mean_network(stars, dm, transform=plain.transform.get_config())
+    residual = tiny_model(mean_network=mean, transform=plain.transform.get_config())
+    residual.build()
+    plain.build()
+    residual.network.set_weights(plain.network.get_weights())
+    residual.schedule.set_weights(plain.schedule.get_weights())
+    samples = np.log10(residual.sample(stars[:2], num_samples=2, num_steps=5, seed=4))
+    base = np.log10(plain.sample(stars[:2], num_samples=2, num_steps=5, seed=4))
+    mu = np.log10(mean.predict_maps(stars[:2]))  # physical mean: mean + std * mu_normalised
+    offset = mu - plain.transform.get_config()["dark_matter_mean"]
+    np.testing.assert_allclose(samples - base, np.broadcast_to(offset[:, None], samples.shape), atol=2e-4)
+    # It trains, saves and reloads as one model with the frozen mean inside.
+    residual.compile(optimizer=keras.optimizers.AdamW(3e-3))
+    before = [w.copy() for w in mean.get_weights()]
+    residual.fit(stars, dm, batch_size=16, epochs=1, verbose=0)
+    for a, b in zip(before, mean.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    path = tmp_path / "residual.keras"
+    residual.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(
+        residual.sample(stars[:1], num_samples=1, num_steps=3, seed=1),
+        loaded.sample(stars[:1], num_samples=1, num_steps=3, seed=1),
+    )
+
+
+def test_a_mean_network_with_another_normalisation_is_refused():
+    stars, dm, _ = toy_data(n=16)
+    mean = _mean_network(stars, dm)
+    with pytest.raises(ValueError, match="normalisation differs"):
+        tiny_model(mean_network=mean)  # the default (published TNG) normalisation

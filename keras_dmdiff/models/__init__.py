@@ -17,5 +17,6 @@ from keras_dmdiff.models.noise_schedules import (
     get_schedule,
 )
 from keras_dmdiff.models.presets import PRESETS, network_from_preset, preset_config
+from keras_dmdiff.models.regression_unet import RegressionUNet
 from keras_dmdiff.models.samplers import SAMPLERS
 from keras_dmdiff.models.variational_diffusion import VariationalDiffusion

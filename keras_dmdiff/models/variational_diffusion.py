@@ -7,10 +7,14 @@ import numpy as np
 from keras import ops
 
 from keras_dmdiff.models.conditional_unet import ConditionalUNet
+from keras_dmdiff.models import loss_weightings
 from keras_dmdiff.models.layers import PACKAGE
-from keras_dmdiff.models.noise_schedules import get_schedule
+from keras_dmdiff.models.noise_schedules import FixedLinearSchedule, LearnedLinearSchedule, get_schedule
 from keras_dmdiff.models.samplers import alpha_sigma, get_step, noise_group, run_sampler, tiled_denoiser
 from keras_dmdiff.transforms import MapTransform, validate_maps
+
+
+PREDICTIONS = ("eps", "v")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -27,7 +31,17 @@ class VariationalDiffusion(keras.Model):
       - `diffusion_bpd`: 0.5 gamma'(t) ||eps - eps_hat||^2 at a time t drawn per
         example (antithetic: the batch covers [0, 1) evenly);
       - `latent_bpd`: KL(q(z_1 | y) || N(0, 1));
-      - `reconstruction_bpd`: -log N(y; z_0 / alpha_0, sigma_rec^2).
+      - `reconstruction_bpd`: -log N(y; z_0 / alpha_0, sigma_rec^2);
+      - `elbo_bpd`: their sum.
+    With a `loss_weighting` other than "elbo" the optimised diffusion term is
+    0.5 w(gamma) gamma'(t) ||eps - eps_hat||^2 (VDM++, see `loss_weightings`),
+    reported as `weighted_diffusion_bpd`; `diffusion_bpd` and `elbo_bpd` stay
+    the unweighted ELBO, so likelihoods compare across objectives.
+
+    Residual mode (CorrDiff, Mardani et al.): given a trained, frozen
+    `RegressionUNet` as `mean_network`, the diffusion models the residual
+    y - mu(stars) in normalised log space, and sampling adds mu back. The
+    posterior mean then comes from the fast-converging regression.
 
     Args:
         network: a `ConditionalUNet` or its config; default: the paper's network.
@@ -39,6 +53,17 @@ class VariationalDiffusion(keras.Model):
             in normalised units.
         antithetic_time_sampling: stratify t across the batch (lower variance).
         seed: seed of the model's own `SeedGenerator` (training noise and times).
+        prediction: what the network predicts: "eps" (the reference) or "v"
+            (Salimans & Ho 2022, v = alpha eps - sigma y; then
+            eps_hat = sigma z_t + alpha v_hat, and v_hat = 0 means the
+            prediction y_hat = alpha z_t, the optimum for unit-variance data).
+        loss_weighting: "elbo" (the reference), "sigmoid" or "min_snr".
+        weighting_bias: the weighting's constant: b of sigmoid(gamma + b),
+            the SNR cap of min_snr; None: 2 and 5.
+        importance_sampling: draw gamma with density proportional to the
+            weighting instead of uniformly (needs a linear schedule).
+        mean_network: None, or a trained `RegressionUNet` (or its config) with
+            the same normalisation: residual mode. It is frozen.
 
     Call arguments:
         stellar_mass: physical maps [B, H, W] (or [B, H, W, 1]). Returns the
@@ -64,9 +89,23 @@ class VariationalDiffusion(keras.Model):
         reconstruction_sigma=1e-3,
         antithetic_time_sampling=True,
         seed=None,
+        prediction="eps",
+        loss_weighting="elbo",
+        weighting_bias=None,
+        importance_sampling=False,
+        mean_network=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"Unknown prediction {prediction!r}; choose one of {PREDICTIONS}.")
+        if weighting_bias is None:
+            weighting_bias = loss_weightings.DEFAULT_BIAS.get(loss_weighting, 0.0)
+        loss_weightings.check_weighting(loss_weighting, float(weighting_bias))
+        self.prediction = prediction
+        self.loss_weighting = loss_weighting
+        self.weighting_bias = float(weighting_bias)
+        self.importance_sampling = bool(importance_sampling)
         if network is None:
             network = ConditionalUNet()
         elif isinstance(network, dict):
@@ -75,6 +114,11 @@ class VariationalDiffusion(keras.Model):
         self.gamma_min = float(gamma_min)
         self.gamma_max = float(gamma_max)
         self.schedule = get_schedule(schedule, gamma_min=self.gamma_min, gamma_max=self.gamma_max)
+        if self.importance_sampling and not isinstance(self.schedule, (FixedLinearSchedule, LearnedLinearSchedule)):
+            raise ValueError(
+                "importance_sampling maps gamma back to t, which needs a linear schedule "
+                f"('learned_linear' or 'fixed_linear'); got {type(self.schedule).__name__}."
+            )
         if transform is None:
             transform = MapTransform()
         elif isinstance(transform, dict):
@@ -89,7 +133,37 @@ class VariationalDiffusion(keras.Model):
         self.diffusion_tracker = keras.metrics.Mean(name="diffusion_bpd")
         self.latent_tracker = keras.metrics.Mean(name="latent_bpd")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_bpd")
+        self.elbo_tracker = keras.metrics.Mean(name="elbo_bpd")
+        self.weighted_tracker = keras.metrics.Mean(name="weighted_diffusion_bpd")
+        if isinstance(mean_network, dict):
+            mean_network = keras.saving.deserialize_keras_object(mean_network)
+        if mean_network is not None:
+            for attribute in ("network", "transform"):
+                if not hasattr(mean_network, attribute):
+                    raise ValueError(
+                        f"mean_network must be a RegressionUNet (with `{attribute}`); got "
+                        f"{type(mean_network).__name__}."
+                    )
+            mean_network.trainable = False
+        self.mean_network = mean_network
+        self.check_mean_network()
         self._compiled_samplers = {}
+
+    def check_mean_network(self):
+        """Raises a ValueError if the residual mode's mean network normalises maps differently."""
+        if self.mean_network is None:
+            return
+        ours, theirs = self.transform.get_config(), self.mean_network.transform.get_config()
+        if ours != theirs:
+            raise ValueError(
+                "The mean network's normalisation differs from the diffusion model's "
+                f"({theirs} vs {ours}): a residual model needs both fitted on the same maps."
+            )
+        if self.network.stride % self.mean_network.stride:
+            raise ValueError(
+                f"The mean network's stride {self.mean_network.stride} does not divide the "
+                f"diffusion network's {self.network.stride}."
+            )
 
     @property
     def stride(self):
@@ -103,6 +177,8 @@ class VariationalDiffusion(keras.Model):
     def build(self, input_shape=None):
         self.network.build(None)
         self.schedule.build(())
+        if self.mean_network is not None and not self.mean_network.built:
+            self.mean_network.build()
         self.built = True
 
     def call(self, stellar_mass, training=False):
@@ -116,12 +192,47 @@ class VariationalDiffusion(keras.Model):
         gamma_1 = self.schedule(ops.ones(()))
         return (gamma - gamma_0) / (gamma_1 - gamma_0)
 
-    def _sample_times(self, batch_size):
+    def _uniform_times(self, batch_size):
         if self.antithetic_time_sampling:
             offset = keras.random.uniform((), seed=self.seed_generator)
             steps = ops.arange(batch_size, dtype="float32") / ops.cast(batch_size, "float32")
             return ops.mod(offset + steps, 1.0)
         return keras.random.uniform((batch_size,), seed=self.seed_generator)
+
+    def _sample_times(self, batch_size):
+        """Times t [B] and, with importance sampling, W(gamma_1) - W(gamma_0) (else None)."""
+        u = self._uniform_times(batch_size)
+        if not self.importance_sampling:
+            return u, None
+        name, bias = self.loss_weighting, self.weighting_bias
+        gamma_0 = self.schedule(ops.zeros(()))
+        gamma_1 = self.schedule(ops.ones(()))
+        low = loss_weightings.integral(name, gamma_0, bias)
+        total = loss_weightings.integral(name, gamma_1, bias) - low
+        gamma = loss_weightings.inverse_integral(name, low + u * total, bias)
+        # Clipped against float rounding at the ends of the inverse.
+        return ops.clip((gamma - gamma_0) / (gamma_1 - gamma_0), 0.0, 1.0), total
+
+    def residual_mean(self, condition):
+        """mu(stars) in normalised log space [B, H, W, 1] (zeros without a mean network)."""
+        if self.mean_network is None:
+            return ops.zeros_like(condition)
+        zeros = ops.zeros_like(condition)
+        gamma = ops.zeros((ops.shape(condition)[0],), dtype="float32")
+        mean = self.mean_network.network([zeros, condition, gamma], training=False)
+        return ops.stop_gradient(ops.cast(mean, "float32"))
+
+    def predict_noise(self, z_t, condition, gamma_normalised, training=False):
+        """eps_hat(z_t) from the network, whatever it predicts (see `prediction`)."""
+        output = self.network([z_t, condition, gamma_normalised], training=training)
+        if self.prediction == "eps":
+            return output
+        gamma_0 = self.schedule(ops.zeros(()))
+        gamma_1 = self.schedule(ops.ones(()))
+        gamma = gamma_0 + ops.reshape(gamma_normalised, (-1, 1, 1, 1)) * (gamma_1 - gamma_0)
+        alpha, sigma = alpha_sigma(gamma)
+        # The network adds z_t to its output (the eps skip); v_hat is the rest.
+        return sigma * z_t + alpha * (output - z_t)
 
     def loss_terms(self, condition, target, training=False):
         """The three ELBO terms per example, in bits per dimension.
@@ -132,21 +243,30 @@ class VariationalDiffusion(keras.Model):
             training: passed to the network (dropout).
 
         Returns:
-            dict of [B] tensors: "diffusion", "latent", "reconstruction".
+            dict of [B] tensors: "diffusion" (the ELBO's term), "weighted_diffusion"
+            (the optimised one; equal to "diffusion" for the "elbo" weighting),
+            "latent", "reconstruction".
         """
         batch_size = ops.shape(target)[0]
         dims = ops.cast(ops.prod(ops.shape(target)[1:]), "float32")
         nats_to_bpd = 1.0 / (dims * math.log(2.0))
 
-        t = self._sample_times(batch_size)
+        t, weight_total = self._sample_times(batch_size)
         gamma_t = self.schedule(t)
         gamma_slope = self.schedule.derivative(t)
         eps = keras.random.normal(ops.shape(target), seed=self.seed_generator)
         alpha_t, sigma_t = alpha_sigma(ops.reshape(gamma_t, (-1, 1, 1, 1)))
         z_t = alpha_t * target + sigma_t * eps
-        eps_hat = self.network([z_t, condition, self._normalised_gamma(gamma_t)], training=training)
+        eps_hat = self.predict_noise(z_t, condition, self._normalised_gamma(gamma_t), training=training)
         squared_error = ops.sum(ops.square(eps - eps_hat), axis=(1, 2, 3))
-        diffusion = 0.5 * gamma_slope * squared_error
+        w = loss_weightings.weight(self.loss_weighting, gamma_t, self.weighting_bias)
+        if weight_total is None:
+            diffusion = 0.5 * gamma_slope * squared_error
+            weighted = w * diffusion
+        else:
+            # t was drawn with density w(gamma(t)) gamma'(t) / weight_total.
+            weighted = 0.5 * weight_total * squared_error
+            diffusion = weighted / w
 
         gamma_1 = self.schedule(ops.ones(()))
         sigma_1_sq = ops.sigmoid(gamma_1)
@@ -166,6 +286,7 @@ class VariationalDiffusion(keras.Model):
         )
         return {
             "diffusion": diffusion * nats_to_bpd,
+            "weighted_diffusion": weighted * nats_to_bpd,
             "latent": latent * nats_to_bpd,
             "reconstruction": reconstruction * nats_to_bpd,
         }
@@ -177,19 +298,27 @@ class VariationalDiffusion(keras.Model):
         target = ops.convert_to_tensor(y, "float32")
         if len(target.shape) == 3:
             target = ops.expand_dims(target, -1)
-        target = self.transform.dark_matter_to_network(target)
+        target = self.transform.dark_matter_to_network(target) - self.residual_mean(condition)
         terms = self.loss_terms(condition, target, training=training)
         self.diffusion_tracker.update_state(terms["diffusion"])
         self.latent_tracker.update_state(terms["latent"])
         self.reconstruction_tracker.update_state(terms["reconstruction"])
-        loss = ops.mean(terms["diffusion"] + terms["latent"] + terms["reconstruction"])
+        self.weighted_tracker.update_state(terms["weighted_diffusion"])
+        self.elbo_tracker.update_state(terms["diffusion"] + terms["latent"] + terms["reconstruction"])
+        loss = ops.mean(terms["weighted_diffusion"] + terms["latent"] + terms["reconstruction"])
         if self.losses:
             loss = loss + ops.sum(self.losses)
         return loss
 
     @property
     def metrics(self):
-        return super().metrics + [self.diffusion_tracker, self.latent_tracker, self.reconstruction_tracker]
+        return super().metrics + [
+            self.diffusion_tracker,
+            self.latent_tracker,
+            self.reconstruction_tracker,
+            self.elbo_tracker,
+            self.weighted_tracker,
+        ]
 
     def predict(self, *args, **kwargs):
         raise NotImplementedError(
@@ -204,16 +333,17 @@ class VariationalDiffusion(keras.Model):
             return self._compiled_samplers[key]
 
         def denoise(z, condition, gamma_normalised):
-            return self.network([z, condition, gamma_normalised], training=False)
+            return self.predict_noise(z, condition, gamma_normalised)
 
         if tiling is not None:
             denoise = tiled_denoiser(denoise, *tiling)
 
         def draw(condition, seed):
             shift_period = self.stride if random_shifts else None
-            return run_sampler(
+            residual = run_sampler(
                 denoise, self.schedule, condition, seed, num_steps, sampler, noise_steps, shift_period, eta
             )
+            return residual + self.residual_mean(condition)
 
         backend = keras.backend.backend()
         if backend == "tensorflow":
@@ -229,6 +359,8 @@ class VariationalDiffusion(keras.Model):
             import jax
 
             variables = self.network.variables + self.schedule.variables
+            if self.mean_network is not None:
+                variables = variables + self.mean_network.variables
 
             @jax.jit
             def stateless_draw(values, condition, seed):
@@ -329,6 +461,7 @@ class VariationalDiffusion(keras.Model):
         )
         if not self.built:
             self.build()
+        self.check_mean_network()
         count, height, width = maps.shape
         if tiling is not None and (height % tiling[0] or width % tiling[0]):
             raise ValueError(f"tile_size {tiling[0]} must divide the map size {height}x{width}.")
@@ -364,6 +497,11 @@ class VariationalDiffusion(keras.Model):
             reconstruction_sigma=self.reconstruction_sigma,
             antithetic_time_sampling=self.antithetic_time_sampling,
             seed=self.seed,
+            prediction=self.prediction,
+            loss_weighting=self.loss_weighting,
+            weighting_bias=self.weighting_bias,
+            importance_sampling=self.importance_sampling,
+            mean_network=None if self.mean_network is None else keras.saving.serialize_keras_object(self.mean_network),
         )
         return config
 
@@ -372,4 +510,6 @@ class VariationalDiffusion(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        if config.get("mean_network") is not None:
+            config["mean_network"] = keras.saving.deserialize_keras_object(config["mean_network"])
         return cls(**config)

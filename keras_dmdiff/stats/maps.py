@@ -210,3 +210,40 @@ def peak_centres(map_, num_peaks, min_separation, box_size=DEFAULT_BOX_SIZE):
                 continue
         chosen.append(pos)
     return np.asarray(chosen).reshape(-1, 2)
+
+
+def grid_edge_ratio(maps, period=16):
+    """Mean |jump| of log10 Sigma across the lines of a `period`-pixel grid over the mean |jump| elsewhere.
+
+    A U-Net of stride `period` is shift-equivariant only for multiples of
+    it, so an under-trained one draws straight edges on that grid: its
+    jumps across the grid lines (between pixels period*j - 1 and period*j,
+    periodically, along both axes) exceed the typical pixel-to-pixel jump.
+    For maps without that artefact the ratio is 1 up to noise.
+
+    Args:
+        maps: `[..., N, N]` positive maps, N a multiple of `period`.
+        period: grid spacing in pixels.
+
+    Returns:
+        float, the ratio over all maps.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> round(grid_edge_ratio(10 ** rng.normal(size=(4, 64, 64)), 16), 1)
+        1.0
+    """
+    logs = _log10_positive(maps, "maps", 0.0)
+    check_square(logs, "maps")
+    n = logs.shape[-1]
+    period = int(period)
+    if period < 2 or n % period:
+        raise ValueError(f"`period` must be >= 2 and divide the map size {n}; got {period}.")
+    on_grid = np.arange(n) % period == 0  # the jump into pixel j from pixel j - 1
+    edge, other = [], []
+    for axis in (-1, -2):
+        jumps = np.abs(logs - np.roll(logs, 1, axis=axis))
+        jumps = np.moveaxis(jumps, axis, -1)
+        edge.append(jumps[..., on_grid].ravel())
+        other.append(jumps[..., ~on_grid].ravel())
+    return float(np.mean(np.concatenate(edge)) / np.mean(np.concatenate(other)))

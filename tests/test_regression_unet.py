@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_dmdiff.models import network_from_preset
-from keras_dmdiff.regression import RegressionUNet
+from keras_dmdiff.models.regression_unet import RegressionUNet
 from keras_dmdiff.transforms import MapTransform
 from keras_dmdiff_datasets.camels_cmd.fake_cmd import fake_maps
 
