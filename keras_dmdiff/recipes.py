@@ -23,7 +23,11 @@ Example:
 import pathlib
 import shutil
 import time
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib
 
 RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume", "cross_suite", "ship", "bench")
 
