@@ -92,7 +92,10 @@ class RegressionUNet(keras.Model):
         stellar_mass = ops.convert_to_tensor(stellar_mass, "float32")
         if len(stellar_mass.shape) == 3:
             stellar_mass = ops.expand_dims(stellar_mass, -1)
-        condition = self.transform.stellar_to_network(stellar_mass)
+        return self.predict_normalised(self.transform.stellar_to_network(stellar_mass), training=training)
+
+    def predict_normalised(self, condition, training=False):
+        """The prediction [B, H, W, 1] for an already normalised condition [B, H, W, 1]."""
         zeros = ops.zeros_like(condition)
         gamma = ops.zeros((ops.shape(condition)[0],), dtype="float32")
         return self.network([zeros, condition, gamma], training=training)

@@ -10,6 +10,7 @@ from keras_dmdiff.models.conditional_unet import ConditionalUNet
 from keras_dmdiff.models import loss_weightings
 from keras_dmdiff.models.layers import PACKAGE
 from keras_dmdiff.models.noise_schedules import FixedLinearSchedule, LearnedLinearSchedule, get_schedule
+from keras_dmdiff.models.regression_unet import RegressionUNet
 from keras_dmdiff.models.samplers import alpha_sigma, get_step, noise_group, run_sampler, tiled_denoiser
 from keras_dmdiff.transforms import MapTransform, validate_maps
 
@@ -138,12 +139,8 @@ class VariationalDiffusion(keras.Model):
         if isinstance(mean_network, dict):
             mean_network = keras.saving.deserialize_keras_object(mean_network)
         if mean_network is not None:
-            for attribute in ("network", "transform"):
-                if not hasattr(mean_network, attribute):
-                    raise ValueError(
-                        f"mean_network must be a RegressionUNet (with `{attribute}`); got "
-                        f"{type(mean_network).__name__}."
-                    )
+            if not isinstance(mean_network, RegressionUNet):
+                raise ValueError(f"mean_network must be a RegressionUNet; got {type(mean_network).__name__}.")
             mean_network.trainable = False
         self.mean_network = mean_network
         self.check_mean_network()
@@ -217,9 +214,7 @@ class VariationalDiffusion(keras.Model):
         """mu(stars) in normalised log space [B, H, W, 1] (zeros without a mean network)."""
         if self.mean_network is None:
             return ops.zeros_like(condition)
-        zeros = ops.zeros_like(condition)
-        gamma = ops.zeros((ops.shape(condition)[0],), dtype="float32")
-        mean = self.mean_network.network([zeros, condition, gamma], training=False)
+        mean = self.mean_network.predict_normalised(condition)
         return ops.stop_gradient(ops.cast(mean, "float32"))
 
     def predict_noise(self, z_t, condition, gamma_normalised, training=False):
@@ -510,6 +505,4 @@ class VariationalDiffusion(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
-        if config.get("mean_network") is not None:
-            config["mean_network"] = keras.saving.deserialize_keras_object(config["mean_network"])
         return cls(**config)
