@@ -62,6 +62,7 @@ import time
 
 import numpy as np
 
+from keras_dmdiff import atomic_files
 from keras_dmdiff.evaluation import json_safe, random_shift_options
 
 DEFAULT_SIZES = (64, 128, 256)
@@ -1321,7 +1322,7 @@ def run_bench(
     if json_path is not None:
         path = pathlib.Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
+        atomic_files.write_json(path, result)
     say(format_table(result), flush=True)
     return result
 

@@ -12,6 +12,8 @@ import pathlib
 
 import numpy as np
 
+from keras_dmdiff import atomic_files
+
 # (summary key, method, label): the numbers shown for each pair.
 HEADLINE = (
     ("cross_correlation_1_k_5", "diffusion_posterior_mean", "r(1<k<5) posterior mean"),
@@ -78,8 +80,8 @@ def run_cross_suite(models, data, out_dir, *, set_name="LH", split="test", data_
                     **evaluation,
                 )
             table[train_suite][test_suite] = _headline(metrics["summary"])
-    (out_dir / "table.json").write_text(json.dumps(table, indent=2))
-    (out_dir / "table.md").write_text(format_table(table))
+    atomic_files.write_json(out_dir / "table.json", table)
+    atomic_files.write_text(out_dir / "table.md", format_table(table))
     plot_cross_suite(table, out_dir / "cross_suite.png")
     return table
 
@@ -127,6 +129,7 @@ def plot_cross_suite(table, path):
         axis.set_title(label)
         figure.colorbar(shown, ax=axis, fraction=0.046)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with atomic_files.replacing(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
     return path

@@ -28,13 +28,14 @@ output folder:
       metrics.json                 all statistics (JSON), with a `summary`
       samples.h5                   stellar_mass, dark_matter_true [N, H, W] and
                                    samples [N, S, H, W] (float32, gzip), metadata
-                                   in the file attributes; `done` [N] flags
+                                   in the file attributes
       maps.png, power_spectrum.png, cross_correlation.png, pdf.png,
       coverage.png, rank_histograms.png
 
-Sampling is the expensive part, so it is resumable: the samples of each map
-are written to `samples.h5` as soon as they are drawn, and a rerun with the
-same settings skips the maps already there (a killed run loses at most one
+Sampling is the expensive part, so it is resumable: the samples of each group
+of maps are written (atomically) to `samples.h5.parts/` as soon as they are
+drawn, `samples.h5` is written whole once every map is drawn, and a rerun with
+the same settings skips the maps already drawn (a killed run loses at most one
 group of maps). Each group of maps is sampled with its own seed derived from
 `seed` and the index of its first map, so results do not depend on where a run
 was interrupted.
@@ -48,11 +49,12 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import sys
 
 import numpy as np
 
-from keras_dmdiff import stats
+from keras_dmdiff import atomic_files, stats
 from keras_dmdiff.baselines import ConditionalMeanBaseline, periodic_gaussian_smooth, stellar_tracer
 
 DIFFUSION = "diffusion"
@@ -379,88 +381,165 @@ def _h5_value(value):
 
 
 class _SampleStore:
-    """samples.h5: maps, samples and `done` flags, resizable along the map axis."""
+    """samples.h5 and the groups drawn towards it: a kill at any instant loses at most one group.
+
+    Each group of maps drawn is written at once, atomically, to
+    `samples.h5.parts/maps_<first map>.npz` (its stellar maps and samples);
+    `finish` writes the complete `samples.h5` (a temporary file, then a
+    rename) and removes the parts. A rerun trusts a part only when its maps
+    equal the dataset's, and an existing `samples.h5` only when it opens and
+    was drawn with the same settings and maps.
+    """
 
     def __init__(self, path, stars, dm, num_samples, settings, metadata):
+        self.path = pathlib.Path(path)
+        self.parts = self.path.with_name(self.path.name + ".parts")
+        self.stars, self.dm = stars, dm
+        self.num_samples = int(num_samples)
+        self.attrs = {key: _h5_value(value) for key, value in {**metadata, **settings}.items()}
+        self.resume = {key: str(_h5_value(settings[key])) for key in _RESUME_KEYS}
+        self.num_maps = len(stars)
+        self._done = np.zeros(self.num_maps, bool)
+        self._source = {}  # map index -> (file, index in it)
+        self._finished = None  # the open samples.h5 once complete
+        if self.path.exists():
+            self._adopt_finished()
+        if self.parts.exists():
+            self._adopt_parts()
+
+    def _adopt_finished(self):
         import h5py
 
-        self.path = pathlib.Path(path)
-        n, h, w = stars.shape
-        if self.path.exists():
-            self.file = h5py.File(self.path, "a")
-            f = self.file
-            for key in _RESUME_KEYS:
-                stored = f.attrs.get(key, _h5_value(_RESUME_DEFAULTS.get(key)))
-                if str(stored) != str(_h5_value(settings[key])):
-                    f.close()
-                    raise ValueError(
-                        f"{self.path} holds samples drawn with {key}={stored!r}, not "
-                        f"{settings[key]!r}: use another output folder, delete the file, or "
-                        "rerun with the original settings to resume."
-                    )
-            old = f["stellar_mass"].shape[0]
-            if f["stellar_mass"].shape[1:] != (h, w):
-                f.close()
-                raise ValueError(f"{self.path} holds maps of another size; use another output folder.")
-            m = min(old, n)
-            if not (
-                np.array_equal(f["stellar_mass"][:m], stars[:m])
-                and np.array_equal(f["dark_matter_true"][:m], dm[:m])
-            ):
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as error:
+            raise ValueError(
+                f"{self.path} is damaged or not an HDF5 file ({error}). This package writes it "
+                "complete or not at all, so it came from elsewhere: move it away or use another "
+                "output folder."
+            ) from None
+        missing = {"stellar_mass", "dark_matter_true", "samples"} - set(f)
+        if missing:
+            f.close()
+            raise ValueError(
+                f"{self.path} is not a keras_dmdiff samples file (no {sorted(missing)}): move it "
+                "away or use another output folder."
+            )
+        for key, wanted in self.resume.items():
+            stored = str(f.attrs.get(key, _h5_value(_RESUME_DEFAULTS.get(key))))
+            if stored != wanted:
                 f.close()
                 raise ValueError(
-                    f"{self.path} holds other maps than this dataset's: use another output folder."
+                    f"{self.path} holds samples drawn with {key}={stored!r}, not {wanted!r}: use "
+                    "another output folder, delete the file, or rerun with the original settings "
+                    "to resume."
                 )
-            if n > old:
-                for name in ("stellar_mass", "dark_matter_true", "samples", "done"):
-                    f[name].resize(n, axis=0)
-                f["stellar_mass"][old:] = stars[old:]
-                f["dark_matter_true"][old:] = dm[old:]
-                f["done"][old:] = False
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = h5py.File(self.path, "w")
-            f = self.file
-            gzip = dict(compression="gzip", compression_opts=4, shuffle=True)
-            f.create_dataset(
-                "stellar_mass", data=stars, maxshape=(None, h, w), chunks=(1, h, w), **gzip
-            )
-            f.create_dataset(
-                "dark_matter_true", data=dm, maxshape=(None, h, w), chunks=(1, h, w), **gzip
-            )
-            f.create_dataset(
-                "samples",
-                shape=(n, num_samples, h, w),
-                dtype="float32",
-                maxshape=(None, num_samples, h, w),
-                chunks=(1, 1, h, w),
-                **gzip,
-            )
-            f.create_dataset("done", data=np.zeros(n, bool), maxshape=(None,), chunks=True)
-            f["stellar_mass"].attrs["units"] = "(Msun/h)/(Mpc/h)^2"
-            f["dark_matter_true"].attrs["units"] = "(Msun/h)/(Mpc/h)^2"
-            f["samples"].attrs["units"] = "(Msun/h)/(Mpc/h)^2"
-            f["samples"].attrs["axes"] = "map, sample, row, column"
-        for key, value in {**metadata, **settings}.items():
-            f.attrs[key] = _h5_value(value)
-        f.flush()
-        self.num_maps = n
+        if f["stellar_mass"].shape[1:] != self.stars.shape[1:]:
+            f.close()
+            raise ValueError(f"{self.path} holds maps of another size; use another output folder.")
+        m = min(f["stellar_mass"].shape[0], self.num_maps)
+        if not (np.array_equal(f["stellar_mass"][:m], self.stars[:m])
+                and np.array_equal(f["dark_matter_true"][:m], self.dm[:m])):
+            f.close()
+            raise ValueError(f"{self.path} holds other maps than this dataset's: use another output folder.")
+        done = np.asarray(f["done"][:m], bool) if "done" in f else np.ones(m, bool)
+        for i in np.flatnonzero(done):
+            self._done[i] = True
+            self._source[int(i)] = (self.path, int(i))
+        self._finished = f
+
+    def _adopt_parts(self):
+        settings_path = self.parts / "settings.json"
+        stored = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+        for key, wanted in self.resume.items():
+            if key in stored and stored[key] != wanted:
+                raise ValueError(
+                    f"{self.parts} holds samples drawn with {key}={stored[key]!r}, not {wanted!r}: "
+                    "use another output folder, delete it, or rerun with the original settings to "
+                    "resume."
+                )
+        for part in sorted(self.parts.glob("maps_*.npz")):
+            start = int(part.stem.split("_")[1])
+            try:
+                with np.load(part) as data:
+                    part_stars = data["stellar_mass"]
+                    shape = data["samples"].shape
+            except Exception as error:  # written atomically, so damage came from outside
+                print(f"warning: {part} is unreadable ({error}); its maps are drawn again.", file=sys.stderr)
+                continue
+            stop = start + len(part_stars)
+            if (stop > self.num_maps or shape[1] != self.num_samples
+                    or not np.array_equal(part_stars, self.stars[start:stop])):
+                raise ValueError(
+                    f"{part} holds samples of other maps than this dataset's maps {start}..{stop - 1}: "
+                    "use another output folder."
+                )
+            for i in range(start, stop):
+                self._done[i] = True
+                self._source[i] = (part, i - start)
 
     @property
     def done(self):
-        return np.asarray(self.file["done"][: self.num_maps], bool)
+        return self._done.copy()
 
     def write(self, start, samples):
+        """Stores the samples [G, S, H, W] of maps start..start+G-1, atomically."""
+        if not self.parts.exists():
+            self.parts.mkdir(parents=True)
+            atomic_files.write_json(self.parts / "settings.json", self.resume)
         stop = start + len(samples)
-        self.file["samples"][start:stop] = samples
-        self.file["done"][start:stop] = True
-        self.file.flush()
+        part = self.parts / f"maps_{start:06d}.npz"
+        with atomic_files.replacing(part) as temporary:
+            np.savez(temporary, stellar_mass=self.stars[start:stop], samples=samples)
+        for i in range(start, stop):
+            self._done[i] = True
+            self._source[i] = (part, i - start)
+
+    def finish(self):
+        """Writes the complete samples.h5 (atomically) and removes the parts."""
+        import h5py
+
+        if not self._done.all():
+            raise RuntimeError("finish() before every map was drawn")
+        complete = self._finished is not None and all(
+            self._source[i][0] == self.path for i in range(self.num_maps)
+        ) and self._finished["stellar_mass"].shape[0] == self.num_maps
+        if not complete:
+            n, h, w = self.stars.shape
+            s = self.num_samples
+            gzip = dict(compression="gzip", compression_opts=4, shuffle=True)
+            with atomic_files.replacing(self.path) as temporary, h5py.File(temporary, "w") as f:
+                f.create_dataset("stellar_mass", data=self.stars, chunks=(1, h, w), **gzip)
+                f.create_dataset("dark_matter_true", data=self.dm, chunks=(1, h, w), **gzip)
+                out = f.create_dataset("samples", shape=(n, s, h, w), dtype="float32",
+                                       chunks=(1, 1, h, w), **gzip)
+                for i in range(n):
+                    out[i] = self.samples(i)
+                f.create_dataset("done", data=np.ones(n, bool))
+                for name in ("stellar_mass", "dark_matter_true", "samples"):
+                    f[name].attrs["units"] = "(Msun/h)/(Mpc/h)^2"
+                out.attrs["axes"] = "map, sample, row, column"
+                for key, value in self.attrs.items():
+                    f.attrs[key] = value
+            if self._finished is not None:
+                self._finished.close()
+            self._finished = h5py.File(self.path, "r")
+            self._source = {i: (self.path, i) for i in range(n)}
+        if self.parts.exists():
+            shutil.rmtree(self.parts)
 
     def samples(self, index):
-        return np.asarray(self.file["samples"][index])
+        """The samples [S, H, W] of map `index`."""
+        source, j = self._source[index]
+        if source == self.path:
+            return np.asarray(self._finished["samples"][j])
+        with np.load(source) as data:
+            return np.asarray(data["samples"][j])
 
     def close(self):
-        self.file.close()
+        if self._finished is not None:
+            self._finished.close()
+            self._finished = None
 
 
 def _group_seed(seed, start):
@@ -679,6 +758,7 @@ def evaluate(
     store = _SampleStore(folder / SAMPLES_FILE, stars, dm, num_samples, settings, meta)
     try:
         _draw_missing(store, draw, stars, settings, progress)
+        store.finish()
         # The network's stride, where the sampler has one: the grid its artefacts would sit on.
         measure_settings = dict(settings, grid_period=int(getattr(sampler_or_model, "stride", 16)))
         metrics = _measure(store, stars, dm, chosen, measure_settings, progress, pixels_per_map,
@@ -696,9 +776,7 @@ def evaluate(
         metrics["figures"] = plotting.save_figures(metrics, example, folder)
     metrics = json_safe(metrics)
     if out_dir is not None:
-        tmp = folder / (METRICS_FILE + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=1))
-        os.replace(tmp, folder / METRICS_FILE)
+        atomic_files.write_json(folder / METRICS_FILE, metrics, indent=1)
     if temporary is not None:
         temporary.cleanup()
     return metrics

@@ -282,10 +282,12 @@ def export_saved_model(
     path = os.fspath(path)
     # No gradient functions: an inference-only artifact, smaller.
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    archive.write_out(path, options=options, verbose=verbose)
-    os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
-    with open(os.path.join(path, METADATA_FILE), "w") as handle:
-        handle.write(metadata_json)
+    # Written whole under a temporary name, then renamed: a kill never leaves a partial SavedModel.
+    from keras_dmdiff import atomic_files  # here: loading a SavedModel must not need the package
+
+    with atomic_files.replacing(path) as temporary:
+        archive.write_out(os.fspath(temporary), options=options, verbose=verbose)
+        atomic_files.write_text(temporary / METADATA_FILE, metadata_json)
     return {
         "path": path,
         "seconds": time.perf_counter() - started,

@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from keras_dmdiff import atomic_files
+
 
 def _sample_in_this_process(args):
     import keras
@@ -140,7 +142,8 @@ def run_large_volume(
     stellar = np.load(data_dir / f"Maps_Mstar_{suite}_{set_name}_z=0.00.npy", mmap_mode="r")[map_index]
     truth = np.array(np.load(data_dir / f"Maps_Mcdm_{suite}_{set_name}_z=0.00.npy", mmap_mode="r")[map_index])
     stellar_path = out_dir / "stellar_mass.npy"
-    np.save(stellar_path, np.asarray(stellar, np.float32))
+    with atomic_files.replacing(stellar_path) as temporary:
+        np.save(temporary, np.asarray(stellar, np.float32))
     settings = dict(num_samples=num_samples, num_steps=num_steps, sampler=sampler, seed=seed)
     metrics = {
         "map_size": int(truth.shape[0]),
@@ -153,7 +156,7 @@ def run_large_volume(
         cost = _measure(model, stellar_path, path, settings, tile)
         samples = np.load(path)
         metrics[mode] = {**cost, **_statistics(samples, truth, box_size)}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_files.write_json(out_dir / "metrics.json", metrics)
     _plot(stellar, truth, out_dir, metrics)
     return metrics
 
@@ -195,7 +198,8 @@ def _plot(stellar, truth, out_dir, metrics):
     axis.legend()
     figure.suptitle(f"{metrics['box_size']:.0f} Mpc/h box, {metrics['map_size']}^2 pixels")
     figure.tight_layout()
-    figure.savefig(out_dir / "large_volume.png", dpi=100)
+    with atomic_files.replacing(out_dir / "large_volume.png") as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
 
 

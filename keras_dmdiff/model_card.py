@@ -20,6 +20,7 @@ import platform
 import shutil
 
 import keras_dmdiff
+from keras_dmdiff import atomic_files
 
 
 def _read_history(path):
@@ -124,16 +125,19 @@ def ship_model(run_dir, out_dir, name, *, train="train", evaluation="evaluate", 
     # moments and EMA slots, 3x the weights), which users of the model never need.
     import keras
 
-    keras.saving.load_model(run_dir / train / "model.keras", compile=False).save(out_dir / "model.keras")
+    # Every file is written under a temporary name and renamed, the card last.
+    with atomic_files.replacing(out_dir / "model.keras") as temporary:
+        keras.saving.load_model(run_dir / train / "model.keras", compile=False).save(temporary)
     if (run_dir / saved_model).exists():
-        shutil.rmtree(out_dir / "saved_model", ignore_errors=True)
-        shutil.copytree(run_dir / saved_model, out_dir / "saved_model")
+        with atomic_files.replacing(out_dir / "saved_model") as temporary:
+            shutil.copytree(run_dir / saved_model, temporary)
     figures = sorted((run_dir / evaluation).glob("*.png"))
     if figures:
         (out_dir / "figures").mkdir(exist_ok=True)
         for figure in figures:
-            shutil.copyfile(figure, out_dir / "figures" / figure.name)
+            with atomic_files.replacing(out_dir / "figures" / figure.name) as temporary:
+                shutil.copyfile(figure, temporary)
         card["evaluation"]["figures"] = [f"figures/{figure.name}" for figure in figures]
-    (out_dir / "metrics.json").write_text(json.dumps(card, indent=2))
-    (out_dir / "MODEL_CARD.md").write_text(render_card(card))
+    atomic_files.write_json(out_dir / "metrics.json", card)
+    atomic_files.write_text(out_dir / "MODEL_CARD.md", render_card(card))
     return out_dir

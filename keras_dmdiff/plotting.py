@@ -23,6 +23,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
+from keras_dmdiff import atomic_files
+
 K_LABEL = r"$k$ [$h$/Mpc]"
 PK_LABEL = r"$P(k)$ [(Mpc/$h$)$^2$]"
 LOG_SIGMA_LABEL = r"$\log_{10}\,\Sigma$ [(M$_\odot/h$)/(Mpc/$h$)$^2$]"
@@ -358,6 +360,7 @@ def save_figures(metrics, example, out_dir, dpi=110):
         if make is None:
             continue
         fig = make()
-        fig.savefig(folder / FIGURE_FILES[key], dpi=dpi)
+        with atomic_files.replacing(folder / FIGURE_FILES[key]) as temporary:
+            fig.savefig(temporary, dpi=dpi)
         written.append(FIGURE_FILES[key])
     return written

@@ -16,6 +16,7 @@ import pathlib
 
 import numpy as np
 
+from keras_dmdiff import atomic_files
 from keras_dmdiff.transforms import validate_maps
 
 SHIPPED_MODEL = "tng_mock_cpu"
@@ -179,7 +180,7 @@ def reconstruct(
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log_samples = np.log10(samples)
-    with h5py.File(out, "w") as handle:
+    with atomic_files.replacing(out) as temporary, h5py.File(temporary, "w") as handle:
         handle.create_dataset("stellar_mass", data=stellar, compression="gzip")
         handle.create_dataset("samples", data=samples, compression="gzip", chunks=True)
         handle.create_dataset("posterior_mean", data=samples.mean(axis=1), compression="gzip")
@@ -230,6 +231,7 @@ def plot_reconstruction(stellar, samples, path):
     figure.tight_layout()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    with atomic_files.replacing(path) as temporary:
+        figure.savefig(temporary, dpi=110)
     plt.close(figure)
     return path

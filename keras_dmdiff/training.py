@@ -5,7 +5,8 @@ A run folder holds everything a run writes:
     run_dir/
       config.json        the TrainConfig (what produced this run)
       transform.json     the fitted normalisation (reused on resume)
-      backup/            BackupAndRestore checkpoint, every `checkpoint_every` steps
+      backup/            the resumable checkpoint (keras_dmdiff.checkpoint), every
+                         `checkpoint_every` steps
       logs/              TensorBoard
       history.csv        the loss curve (appended across resumes)
       model.keras        the final model (EMA weights when EMA is on)
@@ -28,6 +29,8 @@ import time
 import keras
 import numpy as np
 
+from keras_dmdiff import atomic_files
+from keras_dmdiff.checkpoint import ResumableCheckpoint
 from keras_dmdiff.models import VariationalDiffusion, network_from_preset
 from keras_dmdiff.transforms import MapTransform
 
@@ -51,10 +54,9 @@ class TrainConfig:
         learning_rate, weight_decay, clipnorm: AdamW settings.
         restart_steps: first period of cosine warm restarts (None: constant rate).
         ema_momentum: EMA of the weights (None: no EMA).
-        checkpoint_every: steps between resumable checkpoints; at least
-            `steps_per_epoch` means one at the end of every epoch (a resumed
-            run then repeats no step); fewer means mid-epoch checkpoints, from
-            which a resumed run repeats the rest of that epoch.
+        checkpoint_every: steps between resumable checkpoints, a multiple of
+            `steps_per_epoch`: checkpoints are taken at epoch ends, so a
+            resumed run repeats no step and continues exactly where it stopped.
         validation_batches: batches of the validation split evaluated per epoch.
         seed: seed of the model and the pipeline.
         data_parallel: split batches over all local devices (keras.distribution).
@@ -105,6 +107,11 @@ class TrainConfig:
         for name in ("batch_size", "steps", "steps_per_epoch", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Training setting `{name}` must be >= 1; got {getattr(self, name)}.")
+        if self.checkpoint_every % self.steps_per_epoch:
+            raise ValueError(
+                f"`checkpoint_every` ({self.checkpoint_every}) must be a multiple of `steps_per_epoch` "
+                f"({self.steps_per_epoch}): checkpoints are taken at epoch ends."
+            )
         if self.steps % self.steps_per_epoch:
             raise ValueError(
                 f"`steps` ({self.steps}) must be a multiple of `steps_per_epoch` ({self.steps_per_epoch})."
@@ -153,12 +160,10 @@ class ResumableCSVLogger(keras.callbacks.Callback):
             self._write(fields, kept)
 
     def _write(self, fields, rows):
-        temporary = self.path.with_suffix(".tmp")
-        with open(temporary, "w", newline="") as handle:
+        with atomic_files.replacing(self.path) as temporary, open(temporary, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(temporary, self.path)
 
     def on_epoch_end(self, epoch, logs=None):
         fields, rows = self._read()
@@ -274,7 +279,7 @@ def _fit_transform(config, run_dir):
         manual_dir=config.manual_dir,
     )
     transform = MapTransform().adapt(maps.as_numpy_iterator(), None)
-    path.write_text(json.dumps(transform.get_config(), indent=2))
+    atomic_files.write_json(path, transform.get_config())
     return transform
 
 
@@ -309,7 +314,7 @@ def train(config, run_dir, verbose="auto", time_limit_s=None):
             f"{run_dir} holds a run with another configuration ({config_path}); "
             "use a new run folder or delete the old one."
         )
-    config_path.write_text(config_json)
+    atomic_files.write_text(config_path, config_json)
     if (run_dir / "done.json").exists() and final_path.exists():
         return keras.saving.load_model(final_path)
 
@@ -353,19 +358,20 @@ def _fit(model, config, run_dir, steps, verbose, deadline=None):
     """
     final_path = run_dir / "model.keras"
     model.compile(optimizer=build_optimizer(config))
-    # BackupAndRestore restores into existing variables: create them first.
+    # The checkpoint restores into existing variables: create them first.
     model.build()
     model.optimizer.build(model.trainable_variables)
+    checkpoint = ResumableCheckpoint(
+        run_dir / "backup", config.steps_per_epoch, config.checkpoint_every // config.steps_per_epoch
+    )
+    first_epoch = checkpoint.restore(model)
     train_data, validation_data = _datasets(config)
+    # The seeded pipeline, advanced to where the checkpoint left it: a resumed
+    # run sees the same crops as an uninterrupted one.
+    train_data = train_data.skip(first_epoch * config.steps_per_epoch)
 
     callbacks = [
-        keras.callbacks.BackupAndRestore(
-            os.fspath(run_dir / "backup"),
-            # Keras resumes a checkpoint taken inside an epoch by re-running that
-            # whole epoch; one taken at its end resumes at the next epoch.
-            save_freq="epoch" if config.checkpoint_every >= config.steps_per_epoch else config.checkpoint_every,
-            delete_checkpoint=False,
-        ),
+        checkpoint,
         keras.callbacks.TerminateOnNaN(),
         ResumableCSVLogger(run_dir / "history.csv"),
         keras.callbacks.TensorBoard(os.fspath(run_dir / "logs"), update_freq="epoch", write_graph=False),
@@ -383,6 +389,7 @@ def _fit(model, config, run_dir, steps, verbose, deadline=None):
     history = model.fit(
         train_data,
         validation_data=validation_data,
+        initial_epoch=first_epoch,
         epochs=steps // config.steps_per_epoch,
         steps_per_epoch=config.steps_per_epoch,
         callbacks=callbacks,
@@ -393,16 +400,15 @@ def _fit(model, config, run_dir, steps, verbose, deadline=None):
     if limit is not None and limit.stopped:
         print(f"Stopped by the time limit after epoch {len(history.epoch)}; rerun to resume from {run_dir}.")
         return None
-    model.save(final_path)
-    (run_dir / "done.json").write_text(
-        json.dumps(
-            {
-                "steps": steps,
-                "wall_time_s_last_session": round(time.time() - start, 1),
-                "backend": keras.backend.backend(),
-                "parameters": int(model.network.count_params()),
-            },
-            indent=2,
-        )
+    with atomic_files.replacing(final_path) as temporary:
+        model.save(temporary)
+    atomic_files.write_json(
+        run_dir / "done.json",
+        {
+            "steps": steps,
+            "wall_time_s_last_session": round(time.time() - start, 1),
+            "backend": keras.backend.backend(),
+            "parameters": int(model.network.count_params()),
+        },
     )
     return model

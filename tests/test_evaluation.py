@@ -148,8 +148,9 @@ def test_evaluate_writes_the_output_folder_and_resumes_without_resampling(toy, t
     with pytest.raises(KeyboardInterrupt):
         evaluate(dies_on_map_2, data, out_dir=out, metadata=metadata, **kwargs)
     assert calls == [[0], [1]]
-    with h5py.File(out / "samples.h5") as f:
-        assert f["done"][:].tolist() == [True, True, False, False]
+    # Drawn groups are kept as whole parts; samples.h5 appears only complete.
+    assert not (out / "samples.h5").exists()
+    assert sorted(p.name for p in (out / "samples.h5.parts").glob("*.npz")) == ["maps_000000.npz", "maps_000001.npz"]
 
     # The rerun samples only the missing maps, then writes everything.
     calls.clear()
@@ -199,6 +200,50 @@ def test_evaluate_writes_the_output_folder_and_resumes_without_resampling(toy, t
         evaluate(draw, data, out_dir=out, **{**kwargs, "seed": 6})
     with pytest.raises(ValueError, match="other maps"):
         evaluate(draw, (toy["stars"][1:5], toy["truth"][1:5]), out_dir=out, **kwargs)
+
+
+@numpy_only
+def test_damaged_or_foreign_sample_files_are_named_and_drawn_work_is_kept(toy, tmp_path):
+    calls = []
+    draw = gaussian_sampler(toy, 0.1, calls)
+    data = (toy["stars"][:3], toy["truth"][:3])
+    kwargs = dict(num_samples=2, num_steps=3, seed=1, maps_per_call=1, baselines=[], figures=False,
+                  progress=False)
+    out = tmp_path / "eval"
+
+    def dies_on_map_2(stellar_mass, **kw):
+        if np.array_equal(stellar_mass[0], toy["stars"][2]):
+            raise KeyboardInterrupt
+        return draw(stellar_mass, **kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(dies_on_map_2, data, out_dir=out, **kwargs)
+    # A truncated samples.h5 from elsewhere: a clear error, and the parts survive it.
+    (out / "samples.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(ValueError, match="samples.h5 is damaged or not an HDF5 file"):
+        evaluate(draw, data, out_dir=out, **kwargs)
+    with h5py.File(out / "samples.h5", "w") as f:
+        f["something_else"] = np.zeros(3)
+    with pytest.raises(ValueError, match="not a keras_dmdiff samples file"):
+        evaluate(draw, data, out_dir=out, **kwargs)
+    (out / "samples.h5").unlink()
+    # A part damaged from outside (the package writes them whole) is drawn again, with a warning.
+    part = out / "samples.h5.parts" / "maps_000001.npz"
+    part.write_bytes(part.read_bytes()[:200])
+    calls.clear()
+    metrics = evaluate(draw, data, out_dir=out, **kwargs)
+    assert calls == [[1], [2]]
+    assert not (out / "samples.h5.parts").exists()
+    uninterrupted = evaluate(draw, data, out_dir=tmp_path / "once", **kwargs)
+    assert metrics["summary"] == uninterrupted["summary"]
+    with h5py.File(out / "samples.h5") as a, h5py.File(tmp_path / "once" / "samples.h5") as b:
+        np.testing.assert_array_equal(a["samples"][:], b["samples"][:])
+    # A part of other maps is refused, not mixed in.
+    other = tmp_path / "other"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(dies_on_map_2, data, out_dir=other, **kwargs)
+    with pytest.raises(ValueError, match="other maps than this dataset"):
+        evaluate(draw, (toy["stars"][3:6], toy["truth"][3:6]), out_dir=other, **kwargs)
 
 
 def _group_seed(seed, start):

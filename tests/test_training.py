@@ -87,11 +87,66 @@ def test_killed_run_resumes_and_continues_the_loss_curve(cmd_dirs, tmp_path, mon
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 6
 
 
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(cmd_dirs, tmp_path, monkeypatch):
+    config = tiny_config(cmd_dirs)
+    once = train(config, tmp_path / "once", verbose=0)
+
+    run = tmp_path / "run"
+    original_fit = keras.Model.fit
+
+    def fit_stopping_after(epochs):
+        def fit(self, *args, callbacks=(), **kwargs):
+            return original_fit(self, *args, callbacks=list(callbacks) + [StopAfter(epochs)], **kwargs)
+
+        return fit
+
+    monkeypatch.setattr(keras.Model, "fit", fit_stopping_after(1))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run, verbose=0)
+    pointer = run / "backup" / "checkpoint.json"
+    after_epoch_1 = pointer.read_text()
+    monkeypatch.setattr(keras.Model, "fit", fit_stopping_after(2))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run, verbose=0)
+    assert json.loads(pointer.read_text())["epoch"] == 2
+    # As if killed after the weights of epoch 2 were written but before the
+    # checkpoint record was renamed into place: epoch 1's record is current.
+    pointer.write_text(after_epoch_1)
+    monkeypatch.undo()
+    resumed = train(config, run, verbose=0)
+
+    assert [int(row["epoch"]) for row in read_history(run / "history.csv")] == [0, 1, 2]
+    assert int(keras.ops.convert_to_numpy(resumed.optimizer.iterations)) == 6
+    # Same data, same noise, same steps: the same weights (float tolerance for threaded kernels).
+    for ours, theirs in zip(resumed.get_weights(), once.get_weights()):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert not list(run.rglob(".*partial*"))  # no temporary file left behind
+
+
+def test_a_checkpoint_damaged_from_outside_is_named(cmd_dirs, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    original_fit = keras.Model.fit
+
+    def interrupted_fit(self, *args, callbacks=(), **kwargs):
+        return original_fit(self, *args, callbacks=list(callbacks) + [StopAfter(1)], **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(cmd_dirs), run, verbose=0)
+    monkeypatch.undo()
+    weights = run / "backup" / json.loads((run / "backup" / "checkpoint.json").read_text())["weights"]
+    weights.write_bytes(weights.read_bytes()[:300])
+    with pytest.raises(ValueError, match="checkpoint file .*weights.h5 is unreadable"):
+        train(tiny_config(cmd_dirs), run, verbose=0)
+
+
 def test_bad_configs_are_rejected(cmd_dirs, tmp_path):
     with pytest.raises(ValueError, match="Unknown training settings"):
         TrainConfig.from_dict({"learning_rat": 1.0})
     with pytest.raises(ValueError, match="multiple of `steps_per_epoch`"):
         TrainConfig.from_dict({"steps": 5, "steps_per_epoch": 2})
+    with pytest.raises(ValueError, match="checkpoints are taken at epoch ends"):
+        TrainConfig.from_dict({"steps": 4, "steps_per_epoch": 2, "checkpoint_every": 3})
     train(tiny_config(cmd_dirs, steps=2, steps_per_epoch=2), tmp_path / "a", verbose=0)
     with pytest.raises(ValueError, match="another configuration"):
         train(tiny_config(cmd_dirs, steps=4, steps_per_epoch=2), tmp_path / "a", verbose=0)

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from keras_dmdiff import atomic_files
 from keras_dmdiff.mock import suites
 from keras_dmdiff.mock.generate import check_sizes, generate_simulation
 from keras_dmdiff import LIGHT_IMPORT_VARIABLE
@@ -296,7 +297,7 @@ def write_cmd_files(
     np.savetxt(tmp, params, fmt="%.6g")
     os.replace(tmp, params_path)
     paths["params"] = params_path
-    manifest_path.write_text(json.dumps(manifest, indent=2))
+    atomic_files.write_json(manifest_path, manifest)
     if not keep_work:
         for path in shard_paths:
             path.unlink(missing_ok=True)
