@@ -59,7 +59,9 @@ def replacing(path):
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_sibling(path)
-    _remove(temporary)
+    # Leftovers of writers killed mid-write (other processes): never trusted, cleared here.
+    for stale in path.parent.glob(temporary.name.replace(f"-{os.getpid()}", "-*")):
+        _remove(stale)
     try:
         yield temporary
         if temporary.is_dir():

@@ -29,6 +29,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 
+from keras_dmdiff import atomic_files
+
 RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume", "cross_suite", "ship", "bench")
 
 
@@ -46,7 +48,37 @@ def load_recipe(path):
         kind = step.get("kind")
         if kind not in RUN_STEP_KINDS:
             raise ValueError(f"{path}: step {index} has kind {kind!r}; expected one of {RUN_STEP_KINDS}.")
+        known = _step_keys(kind)
+        unknown = sorted(set(step) - known) if known is not None else []
+        if unknown:
+            raise ValueError(
+                f"{path}: step {index} ({kind}) has unknown settings {unknown}; known: {sorted(known)}."
+            )
     return recipe
+
+
+# Settings each step kind reads (besides `kind`); the kinds that pass their
+# settings on to a function are checked by that function's signature.
+_STEP_KEYS = {
+    "mock": {"out", "suite", "set", "num_sims", "grid_size", "map_size", "box_size", "pm_steps",
+             "workers", "seed"},
+    "evaluate": {"model", "dataset", "split", "out", "num_samples", "num_steps", "seed", "sampler",
+                 "random_shifts", "max_maps", "crop_size", "regression_model", "data_dir",
+                 "manual_dir"},
+    "export": {"model", "out", "samplers", "random_shifts"},
+    "ship": {"out", "name", "description", "limitations"},
+}
+
+
+def _step_keys(kind):
+    if kind == "train":
+        import dataclasses
+
+        from keras_dmdiff.training import TrainConfig
+
+        return {"kind", "out", "verbose"} | {field.name for field in dataclasses.fields(TrainConfig)}
+    keys = _STEP_KEYS.get(kind)
+    return None if keys is None else keys | {"kind"}
 
 
 def _resolve(run_dir, value):
@@ -99,6 +131,7 @@ def _step_evaluate(step, run_dir):
         sampler=step.get("sampler", "ancestral"),
         random_shifts=step.get("random_shifts"),
         max_maps=step.get("max_maps"),
+        crop_size=step.get("crop_size"),
         regression_model_path=_resolve(run_dir, step.get("regression_model")),
         data_dir=_resolve(run_dir, step.get("data_dir", "tfds")),
         manual_dir=_resolve(run_dir, step.get("manual_dir")),
@@ -204,7 +237,8 @@ def run_recipe(path, out_dir=None, time_limit_s=None):
     copy = run_dir / "recipe.toml"
     if copy.exists() and copy.read_bytes() != path.read_bytes():
         raise ValueError(f"{run_dir} was made by another version of the recipe ({copy}); use a new folder.")
-    shutil.copyfile(path, copy)
+    with atomic_files.replacing(copy) as temporary:  # a partial copy would read as another recipe
+        shutil.copyfile(path, temporary)
     for index, step in enumerate(recipe.get("steps", [])):
         start = time.time()
         print(f"[{path.stem}] step {index + 1}/{len(recipe['steps'])}: {step['kind']}", flush=True)

@@ -32,6 +32,8 @@ import numpy as np
 from keras_dmdiff import atomic_files
 from keras_dmdiff.checkpoint import ResumableCheckpoint
 from keras_dmdiff.models import VariationalDiffusion, network_from_preset
+from keras_dmdiff.science_monitor import MonitorConfig, PosteriorMonitor
+from keras_dmdiff.stats.power_spectrum import DEFAULT_BOX_SIZE
 from keras_dmdiff.transforms import MapTransform
 
 
@@ -65,6 +67,9 @@ class TrainConfig:
         residual: train a regression U-Net mu(stars) first (same preset, data
             and optimiser settings) and the diffusion on y - mu(stars).
         mean_steps: optimiser steps of that regression U-Net.
+        science: a `keras_dmdiff.science_monitor.MonitorConfig` (or its dict):
+            every `every_epochs` epochs, sample held-out validation maps and
+            log the posterior's statistics; keeps `best.keras` (0: off).
     """
 
     dataset: str = "camels_cmd/mock_IllustrisTNG_LH"
@@ -92,6 +97,11 @@ class TrainConfig:
     importance_sampling: bool = False
     residual: bool = False
     mean_steps: int = 0
+    science: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+
+    def __post_init__(self):
+        if isinstance(self.science, dict):
+            self.science = MonitorConfig(**self.science)
 
     @classmethod
     def from_dict(cls, values):
@@ -123,6 +133,7 @@ class TrainConfig:
                 f"A residual run needs `mean_steps` >= 1, a multiple of `steps_per_epoch` "
                 f"({self.steps_per_epoch}); got {self.mean_steps}."
             )
+        self.science.validate()
         if not self.residual and self.mean_steps:
             raise ValueError("`mean_steps` is the residual mode's setting: set `residual = true` or drop it.")
 
@@ -168,7 +179,8 @@ class ResumableCSVLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         fields, rows = self._read()
         row = {"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}}
-        fields = fields or list(row)
+        # Some keys appear only in some epochs (the science monitor's): a column each, from then on.
+        fields = fields + [k for k in row if k not in fields]
         rows.append({k: row.get(k, "") for k in fields})
         self._write(fields, rows)
 
@@ -263,6 +275,20 @@ def _datasets(config):
     return train, validation
 
 
+def _posterior_monitor(config, run_dir):
+    from keras_dmdiff.data import make_dataset
+    from keras_dmdiff.evaluation import collect_maps
+
+    common = dict(split="validation", training=False, batch_size=config.science.maps,
+                  data_dir=config.data_dir, manual_dir=config.manual_dir)
+    map_size = make_dataset(config.dataset, **common).element_spec[0].shape[-1]
+    # Crops of the training size, the first of each map: the same maps every epoch.
+    validation = make_dataset(config.dataset, crop_size=config.crop_size, eval_crop="corner", **common)
+    maps = collect_maps(validation.take(1), max_maps=config.science.maps)
+    box_size = DEFAULT_BOX_SIZE * maps[0].shape[-1] / map_size
+    return PosteriorMonitor(maps, box_size, config.science, out_dir=run_dir)
+
+
 def _fit_transform(config, run_dir):
     path = run_dir / "transform.json"
     if path.exists():
@@ -309,7 +335,8 @@ def train(config, run_dir, verbose="auto", time_limit_s=None):
     final_path = run_dir / "model.keras"
     config_path = run_dir / "config.json"
     config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
-    if config_path.exists() and config_path.read_text() != config_json:
+    # Compared as configurations, so a setting added since the run began (at its default) matches.
+    if config_path.exists() and _stored_config(config_path) != dataclasses.asdict(config):
         raise ValueError(
             f"{run_dir} holds a run with another configuration ({config_path}); "
             "use a new run folder or delete the old one."
@@ -334,6 +361,13 @@ def train(config, run_dir, verbose="auto", time_limit_s=None):
     model = build_model(config, mean_network)
     model.transform = transform
     return _fit(model, config, run_dir, config.steps, verbose, deadline)
+
+
+def _stored_config(path):
+    try:
+        return dataclasses.asdict(TrainConfig.from_dict(json.loads(path.read_text())))
+    except (ValueError, TypeError):
+        return None
 
 
 def _train_mean_network(config, run_dir, transform, verbose, deadline):
@@ -371,14 +405,18 @@ def _fit(model, config, run_dir, steps, verbose, deadline=None):
     train_data = train_data.skip(first_epoch * config.steps_per_epoch)
 
     callbacks = [
-        checkpoint,
+        checkpoint,  # first: it saves the raw weights, before the EMA ones are swapped in
         keras.callbacks.TerminateOnNaN(),
+    ]
+    if config.ema_momentum is not None:
+        # Validate and measure with the EMA weights, train with the raw ones.
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    if config.science.every_epochs and isinstance(model, VariationalDiffusion):
+        callbacks.append(_posterior_monitor(config, run_dir))
+    callbacks += [
         ResumableCSVLogger(run_dir / "history.csv"),
         keras.callbacks.TensorBoard(os.fspath(run_dir / "logs"), update_freq="epoch", write_graph=False),
     ]
-    if config.ema_momentum is not None:
-        # Validate with the EMA weights, train with the raw ones.
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     limit = None
     if deadline is not None:
         # Last, so that it runs after the checkpoint of the epoch it stops at.

@@ -258,6 +258,7 @@ def test_missing_file_error(tmp_path):
         ("five_columns", "6 columns"),
         ("nan_params", "non-finite"),
         ("int_maps", "dtype"),
+        ("truncated_npy", "not a readable .npy array"),
     ],
 )
 def test_inconsistent_files_error(tmp_path, corruption, match):
@@ -278,6 +279,9 @@ def test_inconsistent_files_error(tmp_path, corruption, match):
         np.savetxt(paths["params"], params)
     elif corruption == "int_maps":
         np.save(paths["stellar_mass"], (stellar > 0).astype(np.int32))
+    elif corruption == "truncated_npy":  # a copy or a download cut short
+        data = open(paths["dark_matter"], "rb").read()
+        open(paths["dark_matter"], "wb").write(data[: len(data) // 2])
     with pytest.raises(CmdFilesFormatError, match=match) as info:
         read_cmd_files(tmp_path, SUITE, SET)
     _assert_lists_files(str(info.value), tmp_path)

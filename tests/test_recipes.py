@@ -20,6 +20,12 @@ def test_bad_recipes_are_rejected(tmp_path):
     bad.write_text('description = "x"\n[[steps]]\nkind = "dance"\n')
     with pytest.raises(ValueError, match="kind 'dance'"):
         load_recipe(bad)
+    bad.write_text('description = "x"\n[[steps]]\nkind = "evaluate"\nnum_sampels = 4\n')
+    with pytest.raises(ValueError, match=r"unknown settings \['num_sampels'\]"):
+        load_recipe(bad)
+    bad.write_text('description = "x"\n[[steps]]\nkind = "train"\nlearning_rat = 1.0\n')
+    with pytest.raises(ValueError, match="unknown settings"):
+        load_recipe(bad)
     bad.write_text("description = \n")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_recipe(bad)

@@ -67,17 +67,22 @@ class StopAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_killed_run_resumes_and_continues_the_loss_curve(cmd_dirs, tmp_path, monkeypatch):
-    run = tmp_path / "run"
+def train_interrupted(config, run, monkeypatch, epochs):
+    """Trains until `epochs` epochs have ended in this call, then dies as a kill would."""
     original_fit = keras.Model.fit
 
-    def interrupted_fit(self, *args, callbacks=(), **kwargs):
-        return original_fit(self, *args, callbacks=list(callbacks) + [StopAfter(2)], **kwargs)
+    def fit(self, *args, callbacks=(), **kwargs):
+        return original_fit(self, *args, callbacks=list(callbacks) + [StopAfter(epochs)], **kwargs)
 
-    monkeypatch.setattr(keras.Model, "fit", interrupted_fit)
+    monkeypatch.setattr(keras.Model, "fit", fit)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(cmd_dirs), run, verbose=0)
+        train(config, run, verbose=0)
     monkeypatch.undo()
+
+
+def test_killed_run_resumes_and_continues_the_loss_curve(cmd_dirs, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train_interrupted(tiny_config(cmd_dirs), run, monkeypatch, epochs=2)
     assert not (run / "model.keras").exists()
     assert len(read_history(run / "history.csv")) == 2
     model = train(tiny_config(cmd_dirs), run, verbose=0)
@@ -92,27 +97,14 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(cmd_dirs, t
     once = train(config, tmp_path / "once", verbose=0)
 
     run = tmp_path / "run"
-    original_fit = keras.Model.fit
-
-    def fit_stopping_after(epochs):
-        def fit(self, *args, callbacks=(), **kwargs):
-            return original_fit(self, *args, callbacks=list(callbacks) + [StopAfter(epochs)], **kwargs)
-
-        return fit
-
-    monkeypatch.setattr(keras.Model, "fit", fit_stopping_after(1))
-    with pytest.raises(KeyboardInterrupt):
-        train(config, run, verbose=0)
+    train_interrupted(config, run, monkeypatch, epochs=1)
     pointer = run / "backup" / "checkpoint.json"
     after_epoch_1 = pointer.read_text()
-    monkeypatch.setattr(keras.Model, "fit", fit_stopping_after(2))
-    with pytest.raises(KeyboardInterrupt):
-        train(config, run, verbose=0)
+    train_interrupted(config, run, monkeypatch, epochs=2)
     assert json.loads(pointer.read_text())["epoch"] == 2
     # As if killed after the weights of epoch 2 were written but before the
     # checkpoint record was renamed into place: epoch 1's record is current.
     pointer.write_text(after_epoch_1)
-    monkeypatch.undo()
     resumed = train(config, run, verbose=0)
 
     assert [int(row["epoch"]) for row in read_history(run / "history.csv")] == [0, 1, 2]
@@ -120,20 +112,12 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(cmd_dirs, t
     # Same data, same noise, same steps: the same weights (float tolerance for threaded kernels).
     for ours, theirs in zip(resumed.get_weights(), once.get_weights()):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
-    assert not list(run.rglob(".*partial*"))  # no temporary file left behind
+    assert not [p for p in run.rglob("*") if ".partial-" in p.name]  # no temporary left behind
 
 
 def test_a_checkpoint_damaged_from_outside_is_named(cmd_dirs, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    original_fit = keras.Model.fit
-
-    def interrupted_fit(self, *args, callbacks=(), **kwargs):
-        return original_fit(self, *args, callbacks=list(callbacks) + [StopAfter(1)], **kwargs)
-
-    monkeypatch.setattr(keras.Model, "fit", interrupted_fit)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(cmd_dirs), run, verbose=0)
-    monkeypatch.undo()
+    train_interrupted(tiny_config(cmd_dirs), run, monkeypatch, epochs=1)
     weights = run / "backup" / json.loads((run / "backup" / "checkpoint.json").read_text())["weights"]
     weights.write_bytes(weights.read_bytes()[:300])
     with pytest.raises(ValueError, match="checkpoint file .*weights.h5 is unreadable"):
@@ -181,3 +165,25 @@ def test_residual_settings_are_checked():
         TrainConfig.from_dict({"residual": True, "steps": 4, "steps_per_epoch": 2})
     with pytest.raises(ValueError, match="residual = true"):
         TrainConfig.from_dict({"mean_steps": 2, "steps": 4, "steps_per_epoch": 2})
+
+
+def test_science_monitor_logs_posterior_statistics_and_keeps_the_best_model(cmd_dirs, tmp_path):
+    science = {"every_epochs": 2, "maps": 2, "samples": 2, "steps": 2}
+    config = tiny_config(cmd_dirs, steps=8, science=science)
+    train(config, tmp_path / "run", verbose=0)
+    rows = read_history(tmp_path / "run" / "history.csv")
+    measured = [row for row in rows if row["science_r_mean"] != ""]
+    assert [int(row["epoch"]) for row in measured] == [1, 3]  # every second epoch
+    for row in measured:
+        assert -1.0 <= float(row["science_r_mean"]) <= 1.0
+        assert float(row["science_power_error"]) >= 0.0 and float(row["science_coverage_error"]) >= 0.0
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert best["epoch"] in (1, 3)
+    assert best["science_r_mean"] == max(float(row["science_r_mean"]) for row in measured)
+    assert keras.saving.load_model(tmp_path / "run" / "best.keras").count_params() > 0
+    # The setting round-trips through the run folder: a rerun is the same run.
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["science"] == {**science, "seed": 0}
+    assert TrainConfig.from_dict(stored).science.every_epochs == 2
+    with pytest.raises(ValueError, match="samples >= 2"):
+        TrainConfig.from_dict({"science": {"every_epochs": 1, "samples": 1}})
