@@ -94,7 +94,7 @@ class MapTransform:
         stellar_mean, stellar_std: moments of log10(Mstar + 1) on the training split.
         dark_matter_mean, dark_matter_std: moments of log10(Mcdm) on the training split.
 
-    The defaults are the published IllustrisTNG LH moments (DESIGN.md section 2);
+    The defaults are the published IllustrisTNG LH moments of the CMD maps;
     `adapt` replaces them with moments of the user's own training maps.
 
     Example:

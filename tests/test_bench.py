@@ -197,7 +197,7 @@ def test_bench_recipe_is_a_known_step_kind():
 
 @pytest.mark.backend_independent
 def test_paper_network_costs_68_gflop_at_256():
-    # DESIGN.md section 3: ~68 GFLOP per 256x256 forward pass (the count is the same
+    # The reference network: ~68 GFLOP per 256x256 forward pass (the count is the same
     # on both backends; building the 32.7 M-parameter network is cheapest on TF).
     network = network_from_preset("paper")
     assert bench.network_flops(network, 256) / 1e9 == pytest.approx(68.0, abs=0.5)

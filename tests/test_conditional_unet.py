@@ -16,7 +16,7 @@ def inputs(size, batch=2, seed=0):
 def test_default_is_the_paper_network():
     unet = ConditionalUNet()
     unet.build(None)
-    # DESIGN.md section 3: about 32.7 M parameters, widths 48-96-192-384, bottleneck 768.
+    # The reference network: about 32.7 M parameters, widths 48-96-192-384, bottleneck 768.
     assert unet.count_params() == 32_662_417
     assert unet.stride == 16 and unet.bottleneck_width == 768
 

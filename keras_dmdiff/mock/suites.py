@@ -55,7 +55,7 @@ __all__ = [
 
 SETS = ("LH", "CV", "1P")
 
-# Published moments of the real CMD LH maps (DESIGN.md section 2):
+# Published moments of the real CMD LH maps (the CAMELS Multifield Dataset paper):
 # (mean, std) of log10(1 + Mstar) and of log10(Mcdm).
 PUBLISHED_MOMENTS = {
     "IllustrisTNG": {"log_mstar": (0.1207, 1.0849), "log_mcdm": (10.984, 0.508)},

@@ -99,7 +99,7 @@ class GroupNorm(layers.Layer):
     activations into groups), combines the sums per group on the small
     [B, C] tensors, and folds the normalisation, scale and shift into one
     per-channel multiply-add. On CPU this is measurably faster than
-    `keras.layers.GroupNormalization` (DESIGN.md 7) and than reshaping to
+    `keras.layers.GroupNormalization` and than reshaping to
     groups: on TensorFlow it took the paper network's 256x256 forward pass
     from ~0.45 s to ~0.40 s, and on JAX it avoids a slow gradient of the
     grouped reduction at batch size 1.

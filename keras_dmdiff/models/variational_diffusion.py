@@ -72,7 +72,7 @@ class VariationalDiffusion(keras.Model):
             diffusion loss in `compute_loss`, where the target is available.
 
     Example:
-        >>> model = VariationalDiffusion(network=presets.get("tiny"))
+        >>> model = VariationalDiffusion(network=network_from_preset("tiny"))
         >>> model.adapt(stars, dm)
         >>> model.compile(optimizer=keras.optimizers.AdamW(1e-4, global_clipnorm=0.5))
         >>> model.fit(stars, dm, batch_size=8, epochs=1)
@@ -345,7 +345,7 @@ class VariationalDiffusion(keras.Model):
             import tensorflow as tf
 
             on_gpu = bool(tf.config.list_logical_devices("GPU"))
-            # XLA helps on GPU and was measured slower on CPU (DESIGN.md 7).
+            # XLA helps on GPU and was measured slower on CPU (docs/benchmarks.md).
             # Tiling needs static H and W, so it traces once per map shape.
             function = tf.function(
                 draw, jit_compile=on_gpu, reduce_retracing=tiling is None, autograph=False
