@@ -399,8 +399,7 @@ class _SampleStore:
         self.attrs = {key: _h5_value(value) for key, value in {**metadata, **settings}.items()}
         self.resume = {key: str(_h5_value(settings[key])) for key in _RESUME_KEYS}
         self.num_maps = len(stars)
-        self._done = np.zeros(self.num_maps, bool)
-        self._source = {}  # map index -> (file, index in it)
+        self._source = {}  # map index -> (file, index in it), for the maps drawn so far
         self._finished = None  # the open samples.h5 once complete
         if self.path.exists():
             self._adopt_finished()
@@ -425,39 +424,36 @@ class _SampleStore:
                 f"{self.path} is not a keras_dmdiff samples file (no {sorted(missing)}): move it "
                 "away or use another output folder."
             )
-        for key, wanted in self.resume.items():
-            stored = str(f.attrs.get(key, _h5_value(_RESUME_DEFAULTS.get(key))))
-            if stored != wanted:
-                f.close()
-                raise ValueError(
-                    f"{self.path} holds samples drawn with {key}={stored!r}, not {wanted!r}: use "
-                    "another output folder, delete the file, or rerun with the original settings "
-                    "to resume."
-                )
-        if f["stellar_mass"].shape[1:] != self.stars.shape[1:]:
+        try:
+            self._check_settings(
+                self.path, {key: str(f.attrs.get(key, _h5_value(_RESUME_DEFAULTS.get(key)))) for key in self.resume}
+            )
+            if f["stellar_mass"].shape[1:] != self.stars.shape[1:]:
+                raise ValueError(f"{self.path} holds maps of another size; use another output folder.")
+            m = min(f["stellar_mass"].shape[0], self.num_maps)
+            if not (np.array_equal(f["stellar_mass"][:m], self.stars[:m])
+                    and np.array_equal(f["dark_matter_true"][:m], self.dm[:m])):
+                raise ValueError(f"{self.path} holds other maps than this dataset's: use another output folder.")
+        except ValueError:
             f.close()
-            raise ValueError(f"{self.path} holds maps of another size; use another output folder.")
-        m = min(f["stellar_mass"].shape[0], self.num_maps)
-        if not (np.array_equal(f["stellar_mass"][:m], self.stars[:m])
-                and np.array_equal(f["dark_matter_true"][:m], self.dm[:m])):
-            f.close()
-            raise ValueError(f"{self.path} holds other maps than this dataset's: use another output folder.")
+            raise
         done = np.asarray(f["done"][:m], bool) if "done" in f else np.ones(m, bool)
         for i in np.flatnonzero(done):
-            self._done[i] = True
             self._source[int(i)] = (self.path, int(i))
         self._finished = f
 
-    def _adopt_parts(self):
-        settings_path = self.parts / "settings.json"
-        stored = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    def _check_settings(self, source, stored):
+        """Refuses samples in `source` drawn with other settings than this run's."""
         for key, wanted in self.resume.items():
             if key in stored and stored[key] != wanted:
                 raise ValueError(
-                    f"{self.parts} holds samples drawn with {key}={stored[key]!r}, not {wanted!r}: "
-                    "use another output folder, delete it, or rerun with the original settings to "
-                    "resume."
+                    f"{source} holds samples drawn with {key}={stored[key]!r}, not {wanted!r}: use "
+                    "another output folder, delete it, or rerun with the original settings to resume."
                 )
+
+    def _adopt_parts(self):
+        settings_path = self.parts / "settings.json"
+        self._check_settings(self.parts, json.loads(settings_path.read_text()) if settings_path.exists() else {})
         for part in sorted(self.parts.glob("maps_*.npz")):
             start = int(part.stem.split("_")[1])
             try:
@@ -475,12 +471,11 @@ class _SampleStore:
                     "use another output folder."
                 )
             for i in range(start, stop):
-                self._done[i] = True
                 self._source[i] = (part, i - start)
 
     @property
     def done(self):
-        return self._done.copy()
+        return np.array([i in self._source for i in range(self.num_maps)], bool)
 
     def write(self, start, samples):
         """Stores the samples [G, S, H, W] of maps start..start+G-1, atomically."""
@@ -492,14 +487,13 @@ class _SampleStore:
         with atomic_files.replacing(part) as temporary:
             np.savez(temporary, stellar_mass=self.stars[start:stop], samples=samples)
         for i in range(start, stop):
-            self._done[i] = True
             self._source[i] = (part, i - start)
 
     def finish(self):
         """Writes the complete samples.h5 (atomically) and removes the parts."""
         import h5py
 
-        if not self._done.all():
+        if len(self._source) < self.num_maps:
             raise RuntimeError("finish() before every map was drawn")
         complete = self._finished is not None and all(
             self._source[i][0] == self.path for i in range(self.num_maps)

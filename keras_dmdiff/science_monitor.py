@@ -22,6 +22,7 @@ Example:
 """
 
 import dataclasses
+import json
 import pathlib
 
 import keras
@@ -108,8 +109,6 @@ class PosteriorMonitor(keras.callbacks.Callback):
             self._keep_if_best(epoch, values)
 
     def _keep_if_best(self, epoch, values):
-        import json
-
         record_path = self.out_dir / "best.json"
         best = json.loads(record_path.read_text()) if record_path.exists() else None
         score = values["science_r_mean"]
