@@ -287,18 +287,39 @@ def test_inconsistent_files_error(tmp_path, corruption, match):
     _assert_lists_files(str(info.value), tmp_path)
 
 
+PIXEL_AREA = (25.0 / 256) ** 2  # (Mpc/h)^2
+
+
 @backend_independent
-def test_nan_map_error_during_build(tmp_path, no_network):
+@pytest.mark.parametrize(
+    "corruption, match",
+    [
+        ("nan", r"simulation 0 \(maps 0-1\) has non-finite values \(first in map 1\)"),
+        ("msun_per_pixel", r"Mcdm.*simulation 0.* mean of 0\.0\d+x the mass per area"),
+        ("log_scaled", r"Mcdm.*looks log10-scaled"),
+        ("negative_stars", r"Mstar.*negative stellar mass"),
+    ],
+)
+def test_unphysical_maps_are_named_during_build(tmp_path, no_network, corruption, match):
     manual_dir = tmp_path / "manual"
     paths = write_fake_cmd_files(manual_dir, SUITE, "CV", num_simulations=1, maps_per_simulation=2)
-    dark = np.load(paths["dark_matter"])
-    dark[1, 5, 7] = np.nan
+    dark, stellar = np.load(paths["dark_matter"]), np.load(paths["stellar_mass"])
+    if corruption == "nan":
+        dark[1, 5, 7] = np.nan
+    elif corruption == "msun_per_pixel":
+        dark = dark * PIXEL_AREA
+    elif corruption == "log_scaled":
+        dark = np.log10(dark)
+    elif corruption == "negative_stars":
+        stellar[0, 3, 3] = -1.0
     np.save(paths["dark_matter"], dark)
+    np.save(paths["stellar_mass"], stellar)
     builder = tfds.builder(f"camels_cmd/{SUITE}_CV", data_dir=os.fspath(tmp_path / "tfds"))
-    with pytest.raises(CmdFilesFormatError, match="map 1 .*non-finite"):
+    with pytest.raises(CmdFilesFormatError, match=match) as info:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
         )
+    _assert_lists_files(str(info.value), manual_dir, set_name="CV")
 
 
 # --------------------------------------------------------------------------- mock configs

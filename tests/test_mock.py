@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_dmdiff.mock import cosmology, generate, painting, particle_mesh, suites, writer
+from keras_dmdiff_datasets.camels_cmd.camels_cmd_dataset_builder import expected_mean_dark_matter
 
 pytestmark = pytest.mark.backend_independent
 
@@ -230,6 +231,11 @@ def test_writer_files_shapes_resume_and_determinism(tmp_path, monkeypatch):
     assert np.all(mc > 0) and np.all(ms >= 0) and (ms > 0).mean() < 0.2
     params = np.loadtxt(paths["params"])
     np.testing.assert_allclose(params, suites.load_params("SIMBA", "LH")[1][:3], rtol=1e-5)
+    # CMD's units, which the dataset builder checks: over a simulation's 15 maps
+    # (3 axes x 5 slabs tiling its box) the mean is its dark-matter mass per area.
+    means = mc.reshape(3, 15, -1).mean(axis=(1, 2), dtype=np.float64)
+    expected = [expected_mean_dark_matter(omega_m) for omega_m in params[:, 0]]
+    np.testing.assert_allclose(means, expected, rtol=1e-3)
 
     # Same seed -> the same maps, also when regenerated from scratch.
     calls.clear()

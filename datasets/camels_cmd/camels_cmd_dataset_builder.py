@@ -56,6 +56,16 @@ _CMD_DOC_URL = "https://camels-multifield-dataset.readthedocs.io"
 _STELLAR_PREFIX = "Mstar"
 _DARK_MATTER_PREFIX = "Mcdm"
 
+# Facts of the CMD format used to check units: maps of 5 Mpc/h slabs of a 25 Mpc/h box, in
+# (Msun/h)/(Mpc/h)^2, with Omega_b = 0.049 in every CAMELS simulation. The mean of a dark-matter
+# map is then close to (Omega_m - Omega_b) rho_crit x 5 Mpc/h (exactly so over the 15 maps of a
+# simulation, which tile its box three times); single slabs scatter by up to ~3x.
+CMD_SLAB_DEPTH = 5.0  # Mpc/h
+CMD_OMEGA_B = 0.049
+CRITICAL_DENSITY = 2.77536627e11  # (Msun/h) / (Mpc/h)^3
+# A map in Msun per pixel is 105x below its surface density, one per (kpc/h)^2 1e6x.
+_UNIT_TOLERANCE = 5.0
+
 
 class CmdFilesNotFoundError(FileNotFoundError):
     """The CMD files of a config are missing from the folder searched."""
@@ -491,24 +501,73 @@ Maps_Mcdm_IllustrisTNG_LH_z=0.00.npy and params_LH_IllustrisTNG.txt
     def _generate_examples(self, files: CmdFiles, simulations) -> Iterator[tuple[int, dict]]:
         mps = files.maps_per_simulation
         for sim in np.sort(np.asarray(simulations)).tolist():
-            for map_index in range(sim * mps, (sim + 1) * mps):
-                stellar = np.array(files.stellar_mass[map_index], dtype=np.float32)
-                dark = np.array(files.dark_matter[map_index], dtype=np.float32)
-                for field, array in (("stellar_mass", stellar), ("dark_matter", dark)):
-                    if not np.all(np.isfinite(array)):
-                        raise CmdFilesFormatError(
-                            _files_message(
-                                files.folder,
-                                files.suite,
-                                files.set_name,
-                                f"{files.path(field).name}: map {map_index} (simulation {sim}) "
-                                "has non-finite values.",
-                            )
-                        )
+            indices = range(sim * mps, (sim + 1) * mps)
+            stellar = np.array(files.stellar_mass[indices.start : indices.stop], dtype=np.float32)
+            dark = np.array(files.dark_matter[indices.start : indices.stop], dtype=np.float32)
+            check_simulation_maps(files, sim, stellar, dark)
+            for offset, map_index in enumerate(indices):
                 yield map_index, {
-                    "stellar_mass": stellar,
-                    "dark_matter": dark,
+                    "stellar_mass": stellar[offset],
+                    "dark_matter": dark[offset],
                     "params": files.params[sim],
                     "simulation": np.int32(sim),
                     "map_index": np.int32(map_index),
                 }
+
+
+def expected_mean_dark_matter(omega_m: float) -> float:
+    """The mean of a CMD dark-matter map over its simulation, in (Msun/h)/(Mpc/h)^2.
+
+    Args:
+        omega_m: the simulation's Omega_m (column 0 of the parameter table).
+
+    Example:
+
+    >>> f"{expected_mean_dark_matter(0.3):.3g}"
+    '3.48e+11'
+    """
+    return (omega_m - CMD_OMEGA_B) * CRITICAL_DENSITY * CMD_SLAB_DEPTH
+
+
+def check_simulation_maps(files: CmdFiles, sim: int, stellar: np.ndarray, dark: np.ndarray) -> None:
+    """Raises a `CmdFilesFormatError` naming the file if one simulation's maps are not physical.
+
+    Checks non-finite values, negative stellar mass, dark matter that is not strictly
+    positive, maps that are already log10-scaled, and dark matter whose mean is not the
+    simulation's mass per area (another unit, e.g. Msun per pixel).
+
+    Args:
+        files: the `CmdFiles` the maps come from (named in the error).
+        sim: the simulation's row in the parameter table.
+        stellar, dark: its maps, [maps_per_simulation, H, W].
+    """
+
+    def fail(field, problem):
+        raise CmdFilesFormatError(
+            _files_message(
+                files.folder, files.suite, files.set_name,
+                f"{files.path(field).name}: simulation {sim} (maps {sim * files.maps_per_simulation}-"
+                f"{(sim + 1) * files.maps_per_simulation - 1}) {problem}",
+            )
+        )
+
+    for field, array in (("stellar_mass", stellar), ("dark_matter", dark)):
+        finite = np.isfinite(array)
+        if not np.all(finite):
+            first = sim * files.maps_per_simulation + int(np.nonzero(~finite)[0][0])
+            fail(field, f"has non-finite values (first in map {first}).")
+    if stellar.min() < 0:
+        fail("stellar_mass", f"has negative stellar mass (minimum {stellar.min():g}).")
+    if dark.min() <= 0:
+        fail("dark_matter", f"is not strictly positive (minimum {dark.min():g}); log10 of it is taken.")
+    if dark.max() < 100.0:
+        fail("dark_matter", f"looks log10-scaled (largest value {dark.max():g}); CMD maps are linear.")
+    expected = expected_mean_dark_matter(float(files.params[sim, 0]))
+    ratio = float(dark.mean(dtype=np.float64)) / expected
+    if not 1.0 / _UNIT_TOLERANCE < ratio < _UNIT_TOLERANCE:
+        fail(
+            "dark_matter",
+            f"has a mean of {ratio:.3g}x the mass per area of its Omega_m "
+            f"({expected:.3g} (Msun/h)/(Mpc/h)^2 for 5 Mpc/h slabs): the maps must be surface "
+            "densities in (Msun/h)/(Mpc/h)^2, not masses per pixel or another unit.",
+        )
