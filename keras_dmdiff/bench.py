@@ -63,7 +63,8 @@ import time
 import numpy as np
 
 from keras_dmdiff import atomic_files
-from keras_dmdiff.evaluation import json_safe, random_shift_options
+from keras_dmdiff.evaluation import json_safe
+from keras_dmdiff.posterior import SamplingOptions
 
 DEFAULT_SIZES = (64, 128, 256)
 DEFAULT_BACKENDS = ("tensorflow", "jax")
@@ -724,7 +725,7 @@ def quality_vs_steps(
     box = _box_size(dark_matter.shape[-1], box_size)
     all_steps = [int(reference_steps), *map(int, steps)] + ([int(converged_steps)] if converged_steps else [])
     noise_steps = math.lcm(*all_steps) if coupled else None
-    shifts, sample_options = random_shift_options(model, random_shifts)
+    shifts = model.resolve_options(SamplingOptions(random_shifts=random_shifts)).random_shifts
 
     def draw(sampler, num_steps, draw_seed=seed, eta=0.0):
         start = time.perf_counter()
@@ -737,7 +738,7 @@ def quality_vs_steps(
             eta=eta,
             batch_size=batch_size,
             noise_steps=noise_steps,
-            **sample_options,
+            random_shifts=shifts,
         )
         seconds = time.perf_counter() - start
         return samples.astype(np.float64), seconds

@@ -146,34 +146,62 @@ def _add_reconstruct(subparsers):
     parser.add_argument("--model", help=".keras file or SavedModel folder (default: the shipped model)")
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--steps", type=int, default=250, help="reverse-diffusion steps")
-    parser.add_argument(
-        "--sampler",
-        default="ancestral",
-        help="ancestral, ddim, dpm_solver_2m or dpm_solver_2m_sde (a SavedModel has the ones it was exported with)",
-    )
-    parser.add_argument(
-        "--eta", type=float, default=0.0, help="with --sampler ddim: 0 deterministic ... 1 ancestral (.keras models)"
-    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="reconstruction.h5", help="output HDF5 file")
     parser.add_argument("--png", help="also write a figure here (default: next to --out)")
     parser.add_argument("--no-png", action="store_true", help="do not write a figure")
-    parser.add_argument(
-        "--tile-size", type=int, help="sample large maps through overlapping periodic tiles of this size (.keras models)"
-    )
-    parser.add_argument("--tile-margin", type=int, default=32, help="context pixels around each tile")
-    _add_random_shifts(parser)
+    _add_sampling_options(parser)
     parser.set_defaults(func=_run_reconstruct)
 
 
-def _add_random_shifts(parser):
-    parser.add_argument(
+def _add_sampling_options(parser):
+    """The `SamplingOptions` fields as flags, with the dataclass's defaults."""
+    from keras_dmdiff.posterior import SamplingOptions
+
+    defaults = SamplingOptions()
+    group = parser.add_argument_group("sampling options (keras_dmdiff.posterior.SamplingOptions)")
+    group.add_argument(
+        "--sampler",
+        default=defaults.sampler,
+        help="ancestral, ddim, dpm_solver_2m or dpm_solver_2m_sde (a SavedModel has the ones it was exported with)",
+    )
+    group.add_argument(
+        "--eta", type=float, default=defaults.eta,
+        help="with --sampler ddim: 0 deterministic ... 1 ancestral (.keras models)",
+    )
+    group.add_argument(
+        "--noise-steps", type=int, default=defaults.noise_steps,
+        help="draw the noise on this finer step grid (a multiple of --steps), paired with its ancestral samples",
+    )
+    group.add_argument(
         "--random-shifts",
         action=argparse.BooleanOptionalAction,
-        default=None,
+        default=defaults.random_shifts,
         help="roll the maps by a random offset below the network's stride at every step, which removes the "
-        "grid edges of an under-trained network such as the shipped one (default: off for a .keras model; a "
-        "SavedModel has the setting it was exported with)",
+        "grid edges of an under-trained network (default: off for a .keras model; a SavedModel has the "
+        "setting it was exported with)",
+    )
+    group.add_argument(
+        "--tile-size", type=int, default=defaults.tile_size,
+        help="sample large maps through overlapping periodic tiles of this size (.keras models)",
+    )
+    group.add_argument("--tile-margin", type=int, default=defaults.tile_margin, help="context pixels around each tile")
+    group.add_argument(
+        "--batch-size", type=int, default=None,
+        help=f"maps per network call (bounds memory; part of the seeding); default {defaults.batch_size}, "
+        "or 1 with --tile-size, so that tiles bound the memory",
+    )
+
+
+def _sampling_options(args):
+    from keras_dmdiff.posterior import SamplingOptions
+
+    batch_size = args.batch_size
+    if batch_size is None:
+        batch_size = 1 if args.tile_size else SamplingOptions().batch_size
+    return SamplingOptions(
+        sampler=args.sampler, eta=args.eta, noise_steps=args.noise_steps, random_shifts=args.random_shifts,
+        tile_size=args.tile_size, tile_margin=args.tile_margin, batch_size=batch_size,
     )
 
 
@@ -187,14 +215,10 @@ def _run_reconstruct(args):
         model=args.model,
         num_samples=args.num_samples,
         num_steps=args.steps,
-        sampler=args.sampler,
         seed=args.seed,
+        options=_sampling_options(args),
         out=args.out,
         png=None if args.no_png else (args.png or os.path.splitext(args.out)[0] + ".png"),
-        tile_size=args.tile_size,
-        tile_margin=args.tile_margin,
-        random_shifts=args.random_shifts,
-        eta=args.eta,
     )
     for name, path in outputs.items():
         print(f"{name}: {path}")
@@ -214,11 +238,10 @@ def _add_evaluate(subparsers):
     parser.add_argument("--manual-dir", help="folder of the CMD files")
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--steps", type=int, default=250)
-    parser.add_argument("--sampler", default="ancestral", help="ancestral, ddim, dpm_solver_2m or dpm_solver_2m_sde")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-maps", type=int, default=None)
     parser.add_argument("--out", required=True, help="output folder")
-    _add_random_shifts(parser)
+    _add_sampling_options(parser)
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -233,11 +256,10 @@ def _run_evaluate(args):
         num_samples=args.num_samples,
         num_steps=args.steps,
         seed=args.seed,
-        sampler=args.sampler,
+        options=_sampling_options(args),
         max_maps=args.max_maps,
         data_dir=args.data_dir,
         manual_dir=args.manual_dir,
-        random_shifts=args.random_shifts,
     )
     print(f"metrics: {pathlib.Path(args.out) / 'metrics.json'}")
 

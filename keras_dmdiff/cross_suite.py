@@ -46,7 +46,7 @@ def run_cross_suite(models, data, out_dir, *, set_name="LH", split="test", data_
         split: split evaluated.
         data_dir: TFDS data dir.
         **evaluation: passed to `run_evaluation` (num_samples, num_steps,
-            seed, sampler, max_maps, ...).
+            seed, options, max_maps, ...).
 
     Returns:
         dict training suite -> test suite -> headline metrics.

@@ -55,6 +55,7 @@ import sys
 import numpy as np
 
 from keras_dmdiff import atomic_files, stats
+from keras_dmdiff.posterior import PosteriorSampler, SamplingOptions, load_keras_file, load_posterior
 from keras_dmdiff.baselines import ConditionalMeanBaseline, periodic_gaussian_smooth, stellar_tracer
 
 DIFFUSION = "diffusion"
@@ -74,148 +75,10 @@ SAMPLES_FILE = "samples.h5"
 METRICS_FILE = "metrics.json"
 
 # Attributes of samples.h5 that must match for a run to resume from it.
-_RESUME_KEYS = ("num_samples", "num_steps", "seed", "sampler", "random_shifts", "maps_per_call")
+_RESUME_KEYS = ("num_samples", "num_steps", "seed", "sampler", "random_shifts", "eta", "noise_steps",
+                "tile_size", "tile_margin", "maps_per_call")
 # What a samples.h5 written before a setting existed was drawn with.
-_RESUME_DEFAULTS = {"random_shifts": False}
-
-
-# ----------------------------------------------------------------------------- samplers
-def as_sampler(sampler_or_model, batch_size=16, **sample_options):
-    """A sampling function `(stellar_mass, num_samples, num_steps, seed, sampler) -> [B, S, H, W]`.
-
-    Args:
-        sampler_or_model: a model with a `sample` method (`VariationalDiffusion`),
-            or a callable with the signature
-            `(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral")`
-            returning numpy physical maps `[B, S, H, W]` (e.g. the
-            `ExportedSampler` that `keras_dmdiff.export.load_exported` returns).
-        batch_size: network batch size passed to `model.sample`, or to a
-            callable that takes a `batch_size` keyword.
-        **sample_options: further keywords of `model.sample` (e.g.
-            `tile_size`, `tile_margin`).
-
-    Returns:
-        The sampling function.
-
-    Raises:
-        TypeError: if the object can neither sample nor be called.
-
-    Examples:
-        >>> draw = as_sampler(model)  # doctest: +SKIP
-        >>> draw(stars, num_samples=4, num_steps=50, seed=0).shape   # [B, 4, H, W]  # doctest: +SKIP
-    """
-    sample = getattr(sampler_or_model, "sample", None)
-    if not callable(sample) and callable(sampler_or_model):
-        if not _accepts_keyword(sampler_or_model, "batch_size"):
-            return sampler_or_model
-        sample = sampler_or_model  # e.g. export.ExportedSampler
-    if callable(sample):
-
-        def draw(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral"):
-            return sample(
-                stellar_mass,
-                num_samples=num_samples,
-                num_steps=num_steps,
-                seed=seed,
-                sampler=sampler,
-                batch_size=batch_size,
-                **sample_options,
-            )
-
-        return draw
-    raise TypeError(
-        f"Expected a model with a `sample` method or a sampling function, got "
-        f"{type(sampler_or_model).__name__}."
-    )
-
-
-def _accepts_keyword(function, name):
-    import inspect
-
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in parameters  # not **kwargs: a wrapper may forward them anywhere
-
-
-def random_shift_options(sampler_or_model, random_shifts=None):
-    """How sampling `sampler_or_model` rolls the maps: the setting in force and the keywords that ask for it.
-
-    A model whose `sample` takes `random_shifts` (`VariationalDiffusion`)
-    gets it per call; an exported SavedModel (`ExportedSampler`) has it fixed
-    at export; a plain sampling function has no such setting.
-
-    Args:
-        sampler_or_model: as in `as_sampler`.
-        random_shifts: None for the object's own default, or a bool.
-
-    Returns:
-        `(setting, sample_options)`: the bool in force (None for a plain
-        function) and the keywords to pass to `as_sampler`.
-
-    Raises:
-        ValueError: a setting that the object cannot honour (a SavedModel
-            exported with the other one, or a plain function).
-    """
-    fixed = getattr(sampler_or_model, "random_shifts", None)
-    if isinstance(fixed, bool):
-        if random_shifts is not None and bool(random_shifts) != fixed:
-            raise ValueError(
-                f"This SavedModel was exported with random_shifts={fixed}, fixed in its graph; export the "
-                f".keras model again with export_saved_model(..., random_shifts={bool(random_shifts)}) or "
-                "sample the .keras model."
-            )
-        return fixed, {}
-    sample = getattr(sampler_or_model, "sample", None)
-    if callable(sample) and _accepts_keyword(sample, "random_shifts"):
-        import inspect
-
-        if random_shifts is None:
-            random_shifts = inspect.signature(sample).parameters["random_shifts"].default
-        return bool(random_shifts), {"random_shifts": bool(random_shifts)}
-    if random_shifts:
-        raise ValueError(
-            f"random_shifts=True needs a model whose `sample` takes it (a VariationalDiffusion); "
-            f"got {type(sampler_or_model).__name__}."
-        )
-    return None, {}
-
-
-def load_sampler(model_path, batch_size=16):
-    """Loads a `.keras` model or an exported SavedModel folder as a sampling function.
-
-    Args:
-        model_path: a `.keras` file (`keras.saving.load_model`) or a SavedModel
-            directory (`keras_dmdiff.export.load_exported`).
-        batch_size: network batch size for `.keras` models.
-
-    Returns:
-        `(sampling_function, loaded_object)`.
-
-    Raises:
-        FileNotFoundError: no such file or folder.
-        ValueError: neither a `.keras` file nor a SavedModel folder.
-    """
-    path = pathlib.Path(os.path.expanduser(os.fspath(model_path)))
-    if not path.exists():
-        raise FileNotFoundError(f"No model at {path}.")
-    if path.is_dir():
-        if not (path / "saved_model.pb").exists():
-            raise ValueError(f"{path} is a folder without saved_model.pb: not a SavedModel.")
-        from keras_dmdiff import export
-
-        loaded = export.load_exported(os.fspath(path))
-        return as_sampler(loaded, batch_size), loaded
-    if path.suffix != ".keras":
-        raise ValueError(f"{path}: expected a .keras file or a SavedModel folder.")
-    import keras
-
-    import keras_dmdiff  # noqa: F401  (registers the package's serializable classes)
-    import keras_dmdiff.models.regression_unet  # noqa: F401
-
-    model = keras.saving.load_model(path)
-    return as_sampler(model, batch_size), model
+_RESUME_DEFAULTS = {"random_shifts": False, "eta": 0.0, "noise_steps": None, "tile_size": None, "tile_margin": 32}
 
 
 # ----------------------------------------------------------------------------- data
@@ -606,13 +469,13 @@ def _calibration_block(samples, truth, num_samples):
 
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(
-    sampler_or_model,
+    posterior,
     dataset_batches,
     *,
-    num_samples=10,
+    num_samples=16,
     num_steps=250,
     seed=0,
-    sampler="ancestral",
+    options=None,
     box_size=25.0,
     baselines=None,
     train_batches=None,
@@ -621,8 +484,6 @@ def evaluate(
     max_train_maps=64,
     out_dir=None,
     metadata=None,
-    sample_batch_size=16,
-    random_shifts=None,
     maps_per_call=None,
     pixels_per_map=2048,
     num_apertures=5,
@@ -634,8 +495,9 @@ def evaluate(
     """Draws posterior samples for test maps and measures them against the truth.
 
     Args:
-        sampler_or_model: a model with `sample` (`VariationalDiffusion`) or a
-            sampling function (see `as_sampler`).
+        posterior: a `keras_dmdiff.posterior.PosteriorSampler`: a
+            `VariationalDiffusion`, a loaded SavedModel (`load_posterior`), or
+            a `PosteriorFunction`.
         dataset_batches: test data: a `tf.data.Dataset` / iterable of
             `(stellar_mass, dark_matter)` physical batches `[B, H, W]`, or one
             pair of arrays `[N, H, W]` (see `collect_maps`).
@@ -643,7 +505,9 @@ def evaluate(
             calibration).
         num_steps: reverse-diffusion steps.
         seed: base seed; each group of maps gets its own seed from it.
-        sampler: `"ancestral"` (the reference) or `"ddim"`.
+        options: a `keras_dmdiff.posterior.SamplingOptions` (None: the
+            defaults, the reference ancestral sampler); the options in force
+            are recorded in the settings.
         box_size: side of the evaluated maps in Mpc/h (25 for full CMD maps,
             `25 * crop / 256` for crops; crops are not periodic, so their
             spectra carry some edge leakage).
@@ -666,12 +530,8 @@ def evaluate(
             enables resuming. None: a temporary folder, deleted at the end.
         metadata: extra metadata for `samples.h5` and `metrics.json` (model
             path, dataset, split, ...).
-        sample_batch_size: network batch size when sampling a model.
-        random_shifts: None for the model's default (`VariationalDiffusion`:
-            off; a SavedModel: as exported), or a bool; recorded in the
-            settings (see `random_shift_options`).
         maps_per_call: maps per sampler call (and per resume step); default
-            `max(1, sample_batch_size // num_samples)`.
+            `max(1, options.batch_size // num_samples)`.
         pixels_per_map: pixels per map (random, fixed by `seed`) used for the
             pixel calibration statistics; bounds memory (at most
             `MAX_PIXEL_FEATURES` pixels are pooled over all maps).
@@ -717,12 +577,16 @@ def evaluate(
     box_size = float(box_size)
     if not (math.isfinite(box_size) and box_size > 0):
         raise ValueError(f"`box_size` must be > 0 (Mpc/h), got {box_size}.")
-    shifts, sample_options = random_shift_options(sampler_or_model, random_shifts)
-    draw = as_sampler(sampler_or_model, sample_batch_size, **sample_options)
+    if not isinstance(posterior, PosteriorSampler):
+        raise TypeError(
+            f"Expected a PosteriorSampler (a VariationalDiffusion, a loaded SavedModel or a "
+            f"keras_dmdiff.posterior.PosteriorFunction); got {type(posterior).__name__}."
+        )
+    options = posterior.resolve_options(SamplingOptions() if options is None else options)
     stars, dm = collect_maps(dataset_batches, max_maps)
     n, size, _ = stars.shape
     if maps_per_call is None:
-        maps_per_call = max(1, int(sample_batch_size) // num_samples)
+        maps_per_call = max(1, options.batch_size // num_samples)
     maps_per_call = int(maps_per_call)
     if maps_per_call < 1:
         raise ValueError("`maps_per_call` must be >= 1.")
@@ -732,8 +596,13 @@ def evaluate(
         "num_samples": num_samples,
         "num_steps": int(num_steps),
         "seed": int(seed),
-        "sampler": str(sampler),
-        "random_shifts": shifts,
+        "sampler": options.sampler,
+        "random_shifts": options.random_shifts,
+        "eta": options.eta,
+        "noise_steps": options.noise_steps,
+        "tile_size": options.tile_size,
+        "tile_margin": options.tile_margin,
+        "batch_size": options.batch_size,
         "maps_per_call": maps_per_call,
         "box_size": box_size,
         "num_maps": n,
@@ -751,10 +620,10 @@ def evaluate(
     folder.mkdir(parents=True, exist_ok=True)
     store = _SampleStore(folder / SAMPLES_FILE, stars, dm, num_samples, settings, meta)
     try:
-        _draw_missing(store, draw, stars, settings, progress)
+        _draw_missing(store, posterior, options, stars, settings, progress)
         store.finish()
-        # The network's stride, where the sampler has one: the grid its artefacts would sit on.
-        measure_settings = dict(settings, grid_period=int(getattr(sampler_or_model, "stride", 16)))
+        # The grid any network artefacts would sit on.
+        measure_settings = dict(settings, grid_period=int(posterior.stride))
         metrics = _measure(store, stars, dm, chosen, measure_settings, progress, pixels_per_map,
                            num_apertures, aperture_radius, example_index)
     finally:
@@ -776,7 +645,7 @@ def evaluate(
     return metrics
 
 
-def _draw_missing(store, draw, stars, settings, progress):
+def _draw_missing(store, posterior, options, stars, settings, progress):
     """Samples every group of maps not yet flagged done in the store."""
     from tqdm.auto import tqdm
 
@@ -789,12 +658,8 @@ def _draw_missing(store, draw, stars, settings, progress):
             stop = min(start + m, n)
             if done[start:stop].all():
                 continue
-            out = draw(
-                stars[start:stop],
-                num_samples=s,
-                num_steps=settings["num_steps"],
-                seed=_group_seed(settings["seed"], start),
-                sampler=settings["sampler"],
+            out = posterior.sample(
+                stars[start:stop], s, settings["num_steps"], _group_seed(settings["seed"], start), options
             )
             out = np.asarray(out, dtype=np.float32)
             if out.shape != (stop - start, s, h, w):
@@ -870,7 +735,7 @@ def _measure(store, stars, dm, baselines, settings, progress, pixels_per_map,
         mse["diffusion_posterior_mean"].append(float(stats.mse_dex2(mean_map, t)))
         mse["diffusion_posterior_log_mean"].append(float(np.mean((log_mean - log_t) ** 2)))
         mse["diffusion_samples"].append(float(np.mean((log_samples - log_t) ** 2)))
-        if size % grid_period == 0:
+        if grid_period >= 2 and size % grid_period == 0:  # a sampler without a grid (stride 1) has no edges
             grid_edges["diffusion_samples"].append(stats.grid_edge_ratio(samples, grid_period))
             grid_edges["truth"].append(stats.grid_edge_ratio(t, grid_period))
 
@@ -1020,10 +885,10 @@ def run_evaluation(
     split,
     out_dir,
     *,
-    num_samples=10,
+    num_samples=16,
     num_steps=250,
     seed=0,
-    sampler="ancestral",
+    options=None,
     max_maps=None,
     data_dir=None,
     manual_dir=None,
@@ -1034,7 +899,6 @@ def run_evaluation(
     crop_size=None,
     batch_size=8,
     box_size=25.0,
-    random_shifts=None,
     progress=True,
     **evaluate_kwargs,
 ):
@@ -1050,7 +914,8 @@ def run_evaluation(
         num_samples: posterior samples per map.
         num_steps: reverse-diffusion steps.
         seed: base seed of the samples.
-        sampler: `"ancestral"` or `"ddim"`.
+        options: a `keras_dmdiff.posterior.SamplingOptions`; None: the
+            defaults with `batch_size` maps per network call.
         max_maps: evaluate at most this many maps (tiles, with `crop_size`).
         data_dir: TFDS data folder.
         manual_dir: folder of the real CMD files, for real configs.
@@ -1063,11 +928,10 @@ def run_evaluation(
         max_train_maps: training maps used for baseline (b).
         crop_size: evaluate `crop_size`^2 tiles of every map instead of the full
             maps (faster; the tiles are not periodic).
-        batch_size: maps per batch when reading the data and sampling.
+        batch_size: maps per batch when reading the data (and per network
+            call, unless `options` says otherwise).
         box_size: side of the *full* stored maps in Mpc/h (CMD: 25); the box
             of a tile is `box_size * crop_size / map_size`.
-        random_shifts: None for the model's default, or a bool (see
-            `random_shift_options`).
         progress: show progress bars.
         **evaluate_kwargs: passed to `evaluate` (e.g. `pixels_per_map`).
 
@@ -1080,7 +944,9 @@ def run_evaluation(
     """
     from keras_dmdiff.data import make_dataset
 
-    _, loaded = load_sampler(model_path, batch_size=batch_size)
+    loaded = load_posterior(model_path)
+    if options is None:
+        options = SamplingOptions(batch_size=batch_size)
     common = dict(data_dir=data_dir, manual_dir=manual_dir)
     full = make_dataset(dataset, split=split, training=False, batch_size=batch_size, **common)
     map_size = full.element_spec[0].shape[-1] or 256
@@ -1122,7 +988,7 @@ def run_evaluation(
         num_samples=num_samples,
         num_steps=num_steps,
         seed=seed,
-        sampler=sampler,
+        options=options,
         box_size=eval_box,
         train_batches=train_batches,
         regression_model=regression_model,
@@ -1130,8 +996,6 @@ def run_evaluation(
         max_train_maps=max_train_maps,
         out_dir=out_dir,
         metadata=metadata,
-        sample_batch_size=batch_size,
-        random_shifts=random_shifts,
         progress=progress,
         **evaluate_kwargs,
     )
@@ -1144,14 +1008,8 @@ def load_regression_model(path):
         The model.
 
     Raises:
-        ValueError: if the file holds another kind of model.
+        ValueError: if the file is damaged or holds another kind of model.
     """
-    import keras
-
-    import keras_dmdiff  # noqa: F401
     from keras_dmdiff.models.regression_unet import RegressionUNet
 
-    model = keras.saving.load_model(os.path.expanduser(os.fspath(path)))
-    if not isinstance(model, RegressionUNet):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a RegressionUNet.")
-    return model
+    return load_keras_file(path, RegressionUNet, "it cannot serve as the regression baseline")

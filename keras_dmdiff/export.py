@@ -66,7 +66,7 @@ def _endpoint_names(sampler):
     return f"sample{suffix}", f"draw{suffix}"
 
 
-def _chunk_seed(seed, chunk):
+def chunk_seed(seed, chunk):
     """The seed of chunk `chunk` of `model.sample(..., seed=seed)` (numpy ints)."""
     return np.int32((int(seed) * SEED_MULTIPLIER + int(chunk)) % SEED_MODULUS)
 
@@ -417,8 +417,38 @@ class ExportedSampler:
         self.metadata = json.loads(self.module.metadata().numpy().decode("utf-8"))
         self.stride = int(self.metadata["stride"])
         self.samplers = list(self.metadata["samplers"])
+        missing = [
+            name
+            for sampler in self.samplers
+            for name in self.metadata["endpoints"][sampler].values()
+            if not callable(getattr(self.module, name, None))
+        ]
+        if missing:
+            raise ValueError(
+                f"{path!r} lacks the sampling endpoint(s) {missing} that its metadata lists: it was "
+                "not saved whole; export the .keras model again."
+            )
         # Fixed at export; SavedModels written before the option existed had none.
         self.random_shifts = bool(self.metadata.get("random_shifts", False))
+
+    # The keras_dmdiff.posterior.PosteriorSampler interface (duck-typed: this
+    # module runs without the package). The sampler must be one exported.
+    supported_options = ("sampler", "batch_size")
+
+    def resolve_options(self, options):
+        """Checks `SamplingOptions` against this SavedModel; returns them with `random_shifts` as exported."""
+        if options.sampler not in self.samplers:
+            raise ValueError(f"Sampler {options.sampler!r} was not exported; this model has {self.samplers}.")
+        return options.check_supported(
+            self.supported_options, f"This SavedModel ({self.path})", fixed={"random_shifts": self.random_shifts}
+        )
+
+    def sample(self, stellar_mass, num_samples=1, num_steps=250, seed=0, options=None):
+        """`PosteriorSampler.sample`: as a call, with the sampler and batch size from `options`."""
+        if options is None:
+            return self(stellar_mass, num_samples, num_steps, seed)
+        options = self.resolve_options(options)
+        return self(stellar_mass, num_samples, num_steps, seed, options.sampler, options.batch_size)
 
     def __repr__(self):
         return (
@@ -470,7 +500,7 @@ class ExportedSampler:
                     draw(
                         tf.constant(maps[rows]),
                         tf.constant(num_steps, tf.int32),
-                        tf.constant(_chunk_seed(seed, chunk), tf.int32),
+                        tf.constant(chunk_seed(seed, chunk), tf.int32),
                     ).numpy()
                 )
         except tf.errors.InvalidArgumentError as error:

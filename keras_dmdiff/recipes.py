@@ -20,6 +20,7 @@ Example:
     >>> run_recipe("recipes/quickstart.toml", "runs/quickstart")
 """
 
+import dataclasses
 import pathlib
 import shutil
 import time
@@ -30,6 +31,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 
 from keras_dmdiff import atomic_files
+from keras_dmdiff.posterior import SamplingOptions
 
 RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume", "cross_suite", "ship", "bench")
 
@@ -59,12 +61,13 @@ def load_recipe(path):
 
 # Settings each step kind reads (besides `kind`); the kinds that pass their
 # settings on to a function are checked by that function's signature.
+_SAMPLING_KEYS = {field.name for field in dataclasses.fields(SamplingOptions)}
 _STEP_KEYS = {
     "mock": {"out", "suite", "set", "num_sims", "grid_size", "map_size", "box_size", "pm_steps",
              "workers", "seed"},
-    "evaluate": {"model", "dataset", "split", "out", "num_samples", "num_steps", "seed", "sampler",
-                 "random_shifts", "max_maps", "crop_size", "regression_model", "data_dir",
-                 "manual_dir"},
+    # and the fields of keras_dmdiff.posterior.SamplingOptions (sampler, eta, random_shifts, ...)
+    "evaluate": {"model", "dataset", "split", "out", "num_samples", "num_steps", "seed", "max_maps",
+                 "crop_size", "regression_model", "data_dir", "manual_dir"},
     "export": {"model", "out", "samplers", "random_shifts"},
     "ship": {"out", "name", "description", "limitations"},
 }
@@ -72,11 +75,11 @@ _STEP_KEYS = {
 
 def _step_keys(kind):
     if kind == "train":
-        import dataclasses
-
         from keras_dmdiff.training import TrainConfig
 
         return {"kind", "out", "verbose"} | {field.name for field in dataclasses.fields(TrainConfig)}
+    if kind == "evaluate":
+        return _STEP_KEYS[kind] | _SAMPLING_KEYS | {"kind"}
     keys = _STEP_KEYS.get(kind)
     return None if keys is None else keys | {"kind"}
 
@@ -117,6 +120,11 @@ def _step_train(step, run_dir, time_limit_s=None):
     return train(settings, out, verbose=step.get("verbose", 2), time_limit_s=time_limit_s) is not None
 
 
+def _sampling_options(step):
+    """The step's `SamplingOptions`, from its keys named like the dataclass's fields."""
+    return SamplingOptions.from_dict({key: step[key] for key in _SAMPLING_KEYS if key in step})
+
+
 def _step_evaluate(step, run_dir):
     from keras_dmdiff.evaluation import run_evaluation
 
@@ -128,8 +136,7 @@ def _step_evaluate(step, run_dir):
         num_samples=step.get("num_samples", 16),
         num_steps=step.get("num_steps", 250),
         seed=step.get("seed", 0),
-        sampler=step.get("sampler", "ancestral"),
-        random_shifts=step.get("random_shifts"),
+        options=_sampling_options(step),
         max_maps=step.get("max_maps"),
         crop_size=step.get("crop_size"),
         regression_model_path=_resolve(run_dir, step.get("regression_model")),
@@ -166,13 +173,15 @@ def _step_large_volume(step, run_dir):
 def _step_cross_suite(step, run_dir):
     from keras_dmdiff.cross_suite import run_cross_suite
 
-    settings = {k: v for k, v in step.items() if k not in ("kind", "models", "data", "out", "data_dir", "set")}
+    settings = {k: v for k, v in step.items()
+                if k not in ("kind", "models", "data", "out", "data_dir", "set", *_SAMPLING_KEYS)}
     run_cross_suite(
         {suite: _resolve(run_dir, path) for suite, path in step["models"].items()},
         {suite: _resolve(run_dir, path) for suite, path in step["data"].items()},
         _resolve(run_dir, step.get("out", "cross_suite")),
         set_name=step.get("set", "LH"),
         data_dir=_resolve(run_dir, step.get("data_dir", "tfds")),
+        options=_sampling_options(step),
         **settings,
     )
 

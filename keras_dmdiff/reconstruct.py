@@ -17,6 +17,7 @@ import pathlib
 import numpy as np
 
 from keras_dmdiff import atomic_files
+from keras_dmdiff.posterior import SamplingOptions, load_posterior
 from keras_dmdiff.transforms import validate_maps
 
 SHIPPED_MODEL = "tng_mock_cpu"
@@ -66,53 +67,6 @@ def read_maps(path, h5_dataset="stellar_mass"):
     raise ValueError(f"Unsupported map file {path}: use .npy, .npz or .h5.")
 
 
-def load_sampler(model=None, tile_size=None, tile_margin=32, random_shifts=None, eta=0.0):
-    """A callable (stellar_mass, num_samples, num_steps, seed, sampler) -> samples, and its description.
-
-    Args:
-        model: a .keras file, a SavedModel folder, a VariationalDiffusion, or
-            None for the shipped model.
-        tile_size: None, or denoise overlapping periodic tiles of this size at
-            every step (bounded memory for large maps; .keras models only).
-        tile_margin: context pixels around each tile.
-        random_shifts: None for the model's default (off for a .keras model; a
-            SavedModel has the setting it was exported with), or a bool: roll
-            the maps by a random offset below the network's stride at every
-            step (`VariationalDiffusion.sample`).
-        eta: stochasticity of the "ddim" sampler (.keras models only).
-
-    Raises:
-        ValueError: tiles or eta asked of a SavedModel, or a `random_shifts`
-            setting that the model cannot honour.
-    """
-    from keras_dmdiff import evaluation
-
-    if model is not None and not isinstance(model, (str, pathlib.Path)):
-        loaded, description = model, {"model": type(model).__name__}
-    else:
-        path = pathlib.Path(model) if model is not None else shipped_model_path()
-        _, loaded = evaluation.load_sampler(path)
-        description = {"model": str(path), "format": "SavedModel" if path.is_dir() else "keras"}
-    shifts, options = evaluation.random_shift_options(loaded, random_shifts)
-    description["random_shifts"] = shifts
-
-    def require(keyword, feature):
-        sample = getattr(loaded, "sample", None)
-        if sample is None or not evaluation._accepts_keyword(sample, keyword):
-            raise ValueError(f"{feature} needs a .keras model (a VariationalDiffusion), not a SavedModel.")
-
-    if eta:
-        require("eta", "eta (stochastic DDIM)")
-        options["eta"] = description["eta"] = float(eta)
-    if tile_size is not None:
-        require("tile_size", "Tiled sampling")
-        options.update(tile_size=int(tile_size), tile_margin=int(tile_margin))
-        description.update(tile_size=int(tile_size), tile_margin=int(tile_margin))
-        # Tiles bound memory only if the maps go through the network one at a time.
-        return evaluation.as_sampler(loaded, batch_size=1, **options), description
-    return evaluation.as_sampler(loaded, **options), description
-
-
 def reconstruct(
     maps=None,
     *,
@@ -121,14 +75,10 @@ def reconstruct(
     model=None,
     num_samples=8,
     num_steps=250,
-    sampler="ancestral",
     seed=0,
+    options=None,
     out="reconstruction.h5",
     png=None,
-    tile_size=None,
-    tile_margin=32,
-    random_shifts=None,
-    eta=0.0,
 ):
     """Posterior dark-matter samples for stellar-mass maps, written to HDF5 (and a PNG).
 
@@ -136,20 +86,15 @@ def reconstruct(
         maps: array [H, W] / [B, H, W] or a path (.npy, .npz, .h5); ignored with `example`.
         example: use the example map shipped with the package.
         h5_dataset: dataset name inside an HDF5 input.
-        model: .keras file, SavedModel folder, model object, or None (shipped model).
-        num_samples, num_steps, sampler, seed: sampling settings.
+        model: .keras file, SavedModel folder, a `PosteriorSampler`, or None
+            (the shipped model).
+        num_samples, num_steps, seed: sampling settings.
+        options: a `keras_dmdiff.posterior.SamplingOptions` (sampler, eta,
+            random shifts, tiles for large maps, batch size); None: the
+            defaults. An option the model cannot honour (tiles or eta of a
+            SavedModel) is a ValueError.
         out: output HDF5 path.
         png: figure path, or None for no figure.
-        tile_size: None, or sample through overlapping periodic tiles of this
-            size (a multiple of the network's stride that divides H and W):
-            memory then stays bounded for large maps (a 2048x2048 map).
-        tile_margin: context pixels around each tile.
-        random_shifts: None for the model's default, or a bool: roll the maps
-            by a random offset below the network's stride at every step,
-            which removes grid edges that an under-trained network leaves
-            (off by default for .keras models; fixed at export in a SavedModel).
-        eta: with sampler="ddim", its stochasticity from 0 (deterministic)
-            to 1 (the ancestral step); .keras models only.
 
     Returns:
         dict of written paths ("samples", and "figure" when drawn).
@@ -172,8 +117,16 @@ def reconstruct(
     else:
         raise ValueError("Give stellar-mass maps (a path or an array) or example=True.")
     stellar = validate_maps(stellar, "stellar_mass")
-    draw, description = load_sampler(model, tile_size, tile_margin, random_shifts, eta)
-    samples = np.asarray(draw(stellar, num_samples=num_samples, num_steps=num_steps, seed=seed, sampler=sampler))
+    if model is None or isinstance(model, (str, pathlib.Path)):
+        path = shipped_model_path() if model is None else pathlib.Path(model)
+        posterior = load_posterior(path)
+        description = {"model": str(path), "format": "SavedModel" if path.is_dir() else "keras"}
+    else:
+        posterior, description = model, {"model": type(model).__name__}
+    options = posterior.resolve_options(SamplingOptions() if options is None else options)
+    description.update(options.non_default())
+    description["random_shifts"] = options.random_shifts
+    samples = np.asarray(posterior.sample(stellar, num_samples, num_steps, seed, options))
     if samples.shape != (stellar.shape[0], num_samples) + stellar.shape[1:]:
         raise RuntimeError(f"The model returned samples of shape {samples.shape}; expected [B, S, H, W].")
 
@@ -191,7 +144,7 @@ def reconstruct(
                 "source": source,
                 "num_samples": num_samples,
                 "num_steps": num_steps,
-                "sampler": sampler,
+                "sampler": options.sampler,
                 "seed": seed,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "model": json.dumps(description),

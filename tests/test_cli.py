@@ -170,32 +170,11 @@ def test_export_with_random_shifts_then_reconstruct_from_the_saved_model(tiny_mo
         assert json.loads(handle.attrs["model"])["random_shifts"] is True
     # Asking this SavedModel for unshifted samples names the problem.
     code = cli.main(["reconstruct", str(maps_path), "--model", str(saved), "--no-random-shifts", "--out", str(out)])
-    assert code == 2 and "exported with random_shifts=True" in capsys.readouterr().err
-
-
-def test_load_sampler_refuses_settings_a_model_cannot_honour():
-    from keras_dmdiff.reconstruct import load_sampler
-
-    class Function:  # a sampling function without `sample` or a fixed setting
-        def __call__(self, stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral", batch_size=16):
-            raise AssertionError("not reached")
-
-    class Exported(Function):  # like ExportedSampler: the setting is fixed in its graph
-        random_shifts = False
-
-    with pytest.raises(ValueError, match="random_shifts=True needs a model whose `sample` takes it"):
-        load_sampler(Function(), random_shifts=True)
-    with pytest.raises(ValueError, match="exported with random_shifts=False"):
-        load_sampler(Exported(), random_shifts=True)
-    with pytest.raises(ValueError, match="Tiled sampling needs a .keras model"):
-        load_sampler(Exported(), tile_size=16)
-    with pytest.raises(ValueError, match="eta .stochastic DDIM. needs a .keras model"):
-        load_sampler(Exported(), eta=0.5)
-    # Asking for what the object does anyway is fine.
-    _, description = load_sampler(Exported(), random_shifts=False)
-    assert description["random_shifts"] is False
-    _, description = load_sampler(Function())
-    assert description["random_shifts"] is None
+    assert code == 2 and "has random_shifts=True fixed" in capsys.readouterr().err
+    # So do options that only a .keras model honours.
+    for flags, option in ((["--tile-size", "16"], "tile_size=16"), (["--sampler", "ddim", "--eta", "0.5"], "eta=0.5")):
+        code = cli.main(["reconstruct", str(maps_path), "--model", str(saved), *flags, "--out", str(out)])
+        assert code == 2 and f"does not support the sampling option {option}" in capsys.readouterr().err
 
 
 def test_reconstruct_in_tiles_reports_bad_tiles(tiny_model_path, tmp_path, capsys):

@@ -10,13 +10,13 @@ from keras_dmdiff.evaluation import (
     CONDITIONAL_MEAN,
     REGRESSION_UNET,
     STELLAR_TRACER,
-    as_sampler,
     collect_maps,
     evaluate,
     run_evaluation,
 )
 from keras_dmdiff.models import VariationalDiffusion, network_from_preset
 from keras_dmdiff.models.regression_unet import RegressionUNet
+from keras_dmdiff.posterior import PosteriorFunction, SamplingOptions, load_posterior
 from keras_dmdiff_datasets.camels_cmd.fake_cmd import fake_maps, write_fake_cmd_files
 
 numpy_only = pytest.mark.backend_independent
@@ -41,7 +41,7 @@ def gaussian_sampler(toy, width, calls=None):
     """Draws 10 ** (mu + width N(0, 1)) for the maps it is given."""
     index = {s.tobytes(): i for i, s in enumerate(toy["stars"])}
 
-    def draw(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral"):
+    def draw(stellar_mass, num_samples=1, num_steps=250, seed=0):
         if calls is not None:
             calls.append([index[s.tobytes()] for s in stellar_mass])
         rng = np.random.default_rng(seed)
@@ -49,20 +49,20 @@ def gaussian_sampler(toy, width, calls=None):
         noise = rng.standard_normal((len(mu), num_samples) + mu.shape[2:])
         return (10.0 ** (mu + width * noise)).astype(np.float32)
 
-    return draw
+    return PosteriorFunction(draw)
 
 
 def oracle_sampler(toy):
     """Returns the truth times 10 ** (1e-4 N(0, 1)): a perfect reconstruction."""
     index = {s.tobytes(): i for i, s in enumerate(toy["stars"])}
 
-    def draw(stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral"):
+    def draw(stellar_mass, num_samples=1, num_steps=250, seed=0):
         rng = np.random.default_rng(seed)
         truth = toy["truth"][[index[s.tobytes()] for s in stellar_mass]][:, None].astype(np.float64)
         noise = rng.standard_normal((len(truth), num_samples) + truth.shape[2:])
         return (truth * 10.0 ** (1e-4 * noise)).astype(np.float32)
 
-    return draw
+    return PosteriorFunction(draw)
 
 
 def finite_leaves(tree):
@@ -140,10 +140,11 @@ def test_evaluate_writes_the_output_folder_and_resumes_without_resampling(toy, t
     # A run that dies while sampling map 2 keeps maps 0 and 1.
     draw = gaussian_sampler(toy, 0.1, calls)
 
+    @PosteriorFunction
     def dies_on_map_2(stellar_mass, **kw):
         if np.array_equal(stellar_mass[0], toy["stars"][2]):
             raise KeyboardInterrupt
-        return draw(stellar_mass, **kw)
+        return draw.function(stellar_mass, **kw)
 
     with pytest.raises(KeyboardInterrupt):
         evaluate(dies_on_map_2, data, out_dir=out, metadata=metadata, **kwargs)
@@ -181,7 +182,7 @@ def test_evaluate_writes_the_output_folder_and_resumes_without_resampling(toy, t
         np.testing.assert_array_equal(f["dark_matter_true"][:], data[1])
         attrs = dict(f.attrs)
         # Samples are those of an uninterrupted run (seeds per map).
-        expected = draw(data[0][3:4], num_samples=3, seed=int(_group_seed(5, 3)))
+        expected = draw.sample(data[0][3:4], num_samples=3, seed=int(_group_seed(5, 3)))
         np.testing.assert_array_equal(f["samples"][3], expected[0])
     assert attrs["model_path"] == "toy" and attrs["split"] == "test" and attrs["dataset"] == "fake"
     assert attrs["seed"] == 5 and attrs["num_steps"] == 7 and attrs["num_samples"] == 3
@@ -211,10 +212,11 @@ def test_damaged_or_foreign_sample_files_are_named_and_drawn_work_is_kept(toy, t
                   progress=False)
     out = tmp_path / "eval"
 
+    @PosteriorFunction
     def dies_on_map_2(stellar_mass, **kw):
         if np.array_equal(stellar_mass[0], toy["stars"][2]):
             raise KeyboardInterrupt
-        return draw(stellar_mass, **kw)
+        return draw.function(stellar_mass, **kw)
 
     with pytest.raises(KeyboardInterrupt):
         evaluate(dies_on_map_2, data, out_dir=out, **kwargs)
@@ -256,9 +258,11 @@ def _group_seed(seed, start):
 def test_evaluate_rejects_bad_samplers_and_inputs(toy):
     data = (toy["stars"][:2], toy["truth"][:2])
 
+    @PosteriorFunction
     def wrong_shape(stellar_mass, num_samples=1, **kwargs):
         return np.ones((len(stellar_mass), num_samples, 8, 8), np.float32) * 1e10
 
+    @PosteriorFunction
     def nan_maps(stellar_mass, num_samples=1, **kwargs):
         return np.full((len(stellar_mass), num_samples) + stellar_mass.shape[1:], np.nan, np.float32)
 
@@ -270,8 +274,12 @@ def test_evaluate_rejects_bad_samplers_and_inputs(toy):
         evaluate(oracle_sampler(toy), data, baselines=["nope"], progress=False)
     with pytest.raises(ValueError, match="train_batches"):
         evaluate(oracle_sampler(toy), data, baselines=[CONDITIONAL_MEAN], progress=False)
-    with pytest.raises(TypeError):
-        as_sampler(42)
+    # A plain function is not a posterior sampler until wrapped; options it cannot honour are named.
+    with pytest.raises(TypeError, match="PosteriorFunction"):
+        evaluate(wrong_shape.function, data, num_samples=2, progress=False)
+    with pytest.raises(ValueError, match="does not support the sampling option sampler='ddim'"):
+        evaluate(oracle_sampler(toy), data, num_samples=2, options=SamplingOptions(sampler="ddim", eta=0.5),
+                 progress=False)
     with pytest.raises(ValueError, match="No maps"):
         collect_maps([])
     stars, dm = collect_maps([data, data], max_maps=3)
@@ -357,8 +365,6 @@ def test_run_evaluation_from_keras_files_on_a_tfds_split(cmd_dirs, tmp_path):
 
 
 def test_exported_saved_model_evaluates_like_its_keras_model(tmp_path):
-    from keras_dmdiff.evaluation import load_sampler
-
     from keras_dmdiff.export import export_saved_model
 
     stars, truth = fake_maps(2, map_size=32, seed=6)
@@ -366,22 +372,22 @@ def test_exported_saved_model_evaluates_like_its_keras_model(tmp_path):
     model = VariationalDiffusion(network=network_from_preset("tiny"), seed=0).adapt(stars, truth)
     model.build()
     export_saved_model(model, tmp_path / "savedmodel", samplers=("ancestral",))
-    draw, loaded = load_sampler(tmp_path / "savedmodel", batch_size=4)
+    loaded = load_posterior(tmp_path / "savedmodel")
     assert type(loaded).__name__ == "ExportedSampler"
     kwargs = dict(num_samples=2, num_steps=2, seed=3, baselines=[], figures=False, progress=False)
-    exported = evaluate(draw, (stars, truth), out_dir=tmp_path / "a", sample_batch_size=4, **kwargs)
-    direct = evaluate(model, (stars, truth), out_dir=tmp_path / "b", sample_batch_size=4, **kwargs)
+    options = SamplingOptions(batch_size=4)
+    exported = evaluate(loaded, (stars, truth), out_dir=tmp_path / "a", options=options, **kwargs)
+    direct = evaluate(model, (stars, truth), out_dir=tmp_path / "b", options=options, **kwargs)
     with h5py.File(tmp_path / "a" / "samples.h5") as fa, h5py.File(tmp_path / "b" / "samples.h5") as fb:
         np.testing.assert_allclose(fa["samples"][:], fb["samples"][:], rtol=1e-4)
     assert exported["summary"]["mse_dex2"] == pytest.approx(direct["summary"]["mse_dex2"], rel=1e-3)
-    # The SavedModel's shifts are fixed at export; the .keras model's are its default, recorded.
-    assert direct["settings"]["random_shifts"] is False and exported["settings"]["random_shifts"] is None
-    assert evaluate(loaded, (stars, truth), **kwargs)["settings"]["random_shifts"] is False
-    with pytest.raises(ValueError, match="exported with random_shifts=False"):
-        evaluate(loaded, (stars, truth), random_shifts=True, **kwargs)
+    # Both record the shifts in force: the .keras model's default, the SavedModel's as exported.
+    assert direct["settings"]["random_shifts"] is False and exported["settings"]["random_shifts"] is False
+    with pytest.raises(ValueError, match="random_shifts=False fixed"):
+        evaluate(loaded, (stars, truth), options=SamplingOptions(random_shifts=True), **kwargs)
+    with pytest.raises(ValueError, match="does not support the sampling option tile_size=16"):
+        evaluate(loaded, (stars, truth), options=SamplingOptions(tile_size=16), **kwargs)
     # Samples drawn without shifts are not resumed with them.
     with pytest.raises(ValueError, match="random_shifts"):
-        evaluate(model, (stars, truth), out_dir=tmp_path / "b", sample_batch_size=4, random_shifts=True, **kwargs)
-    with pytest.raises(ValueError, match="SavedModel"):
-        (tmp_path / "empty").mkdir()
-        load_sampler(tmp_path / "empty")
+        evaluate(model, (stars, truth), out_dir=tmp_path / "b", options=options.replace(random_shifts=True),
+                 **kwargs)

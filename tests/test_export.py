@@ -119,7 +119,7 @@ def test_seeds_give_new_samples_and_repeat_exactly(exported):
     longer = loaded.sample(stars, 3, STEPS + 3, 1).numpy()
     assert np.all(np.isfinite(longer)) and not np.allclose(longer, first)
     # The draw endpoint uses its seed as is: draw(seed of chunk 0) = sample(seed).
-    drawn = loaded.draw(np.repeat(stars, 3, axis=0), STEPS, int(export._chunk_seed(1, 0))).numpy()
+    drawn = loaded.draw(np.repeat(stars, 3, axis=0), STEPS, int(export.chunk_seed(1, 0))).numpy()
     np.testing.assert_array_equal(drawn.reshape(first.shape), first)
     # Dynamic B, H, W and num_samples on the same graph.
     wide = loaded.sample(stellar_maps(1, 8, 12), 3, STEPS, 5).numpy()

@@ -6,18 +6,19 @@ from matplotlib.figure import Figure
 
 from keras_dmdiff import plotting
 from keras_dmdiff.evaluation import evaluate
+from keras_dmdiff.posterior import PosteriorFunction
 from keras_dmdiff_datasets.camels_cmd.fake_cmd import fake_maps
 
 pytestmark = pytest.mark.backend_independent
 
 
 def lognormal_sampler(width):
-    def draw(stellar_mass, num_samples=1, num_steps=1, seed=0, sampler="ancestral"):
+    def draw(stellar_mass, num_samples=1, num_steps=1, seed=0):
         rng = np.random.default_rng(seed)
         shape = (len(stellar_mass), num_samples) + stellar_mass.shape[1:]
         return (10.0 ** (10.98 + width * rng.standard_normal(shape))).astype(np.float32)
 
-    return draw
+    return PosteriorFunction(draw)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def metrics(maps):
 @pytest.fixture(scope="module")
 def example(maps):
     stars, dm = maps
-    samples = lognormal_sampler(0.5)(stars[:1], num_samples=3)[0]
+    samples = lognormal_sampler(0.5).sample(stars[:1], num_samples=3)[0]
     return {
         "map_index": 0,
         "box_size": 25.0,

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from keras_dmdiff.posterior import PosteriorFunction
 from keras_dmdiff.science_monitor import LOG_KEYS, MonitorConfig, PosteriorMonitor
 
 
@@ -14,24 +15,23 @@ def fake_maps(num_maps=2, size=32, seed=0):
     return stars, dm.astype(np.float32)
 
 
-class NoisyTruth:
+def noisy_truth(maps, width):
     """Samples the truth times 10^(width N(0, 1)): a posterior of known quality."""
+    index = {s.tobytes(): d for s, d in zip(*maps)}
 
-    def __init__(self, maps, width):
-        self.index = {s.tobytes(): d for s, d in zip(*maps)}
-        self.width = width
-
-    def sample(self, stellar_mass, num_samples=1, num_steps=1, seed=0, sampler="ancestral", **kwargs):
+    def sample(stellar_mass, num_samples=1, num_steps=1, seed=0):
         rng = np.random.default_rng(seed)
-        truth = np.stack([self.index[s.tobytes()] for s in stellar_mass])[:, None]
-        return truth * 10.0 ** (self.width * rng.standard_normal((len(truth), num_samples) + truth.shape[2:]))
+        truth = np.stack([index[s.tobytes()] for s in stellar_mass])[:, None]
+        return truth * 10.0 ** (width * rng.standard_normal((len(truth), num_samples) + truth.shape[2:]))
+
+    return PosteriorFunction(sample)
 
 
 def measure(width):
     maps = fake_maps()
     monitor = PosteriorMonitor(maps, box_size=25.0 * 32 / 256,
                                config=MonitorConfig(every_epochs=1, maps=2, samples=8, steps=1))
-    monitor.set_model(NoisyTruth(maps, width))
+    monitor.set_model(noisy_truth(maps, width))
     logs = {}
     monitor.on_epoch_end(0, logs)
     assert set(logs) == set(LOG_KEYS) and all(math.isfinite(v) for v in logs.values())
@@ -49,7 +49,7 @@ def test_off_by_default_and_only_on_its_epochs():
     maps = fake_maps()
     for config, epoch in ((MonitorConfig(), 0), (MonitorConfig(every_epochs=3), 1)):
         monitor = PosteriorMonitor(maps, box_size=3.125, config=config)
-        monitor.set_model(NoisyTruth(maps, 0.1))
+        monitor.set_model(noisy_truth(maps, 0.1))
         logs = {}
         monitor.on_epoch_end(epoch, logs)
         assert logs == {}

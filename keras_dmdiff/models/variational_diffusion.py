@@ -1,5 +1,6 @@
 """The conditional variational diffusion model (Kingma et al. 2021; Ono et al. 2024)."""
 
+import dataclasses
 import math
 
 import keras
@@ -11,6 +12,8 @@ from keras_dmdiff.models import loss_weightings
 from keras_dmdiff.models.layers import PACKAGE
 from keras_dmdiff.models.noise_schedules import FixedLinearSchedule, LearnedLinearSchedule, get_schedule
 from keras_dmdiff.models.regression_unet import RegressionUNet
+from keras_dmdiff.export import chunk_seed
+from keras_dmdiff.posterior import SamplingOptions
 from keras_dmdiff.models.samplers import alpha_sigma, get_step, noise_group, run_sampler, tiled_denoiser
 from keras_dmdiff.transforms import MapTransform, validate_maps
 
@@ -370,21 +373,37 @@ class VariationalDiffusion(keras.Model):
         self._compiled_samplers[key] = function
         return function
 
-    def sample(
-        self,
-        stellar_mass,
-        num_samples=1,
-        num_steps=250,
-        seed=0,
-        sampler="ancestral",
-        batch_size=16,
-        tile_size=None,
-        tile_margin=32,
-        tile_batch=1,
-        noise_steps=None,
-        random_shifts=False,
-        eta=0.0,
-    ):
+    # Every SamplingOptions field: the reference implementation of the interface.
+    supported_options = tuple(field.name for field in dataclasses.fields(SamplingOptions))
+
+    def resolve_options(self, options=None, **option_keywords):
+        """The `SamplingOptions` in force, checked against this model.
+
+        Args:
+            options: a `keras_dmdiff.posterior.SamplingOptions`, or None (defaults).
+            **option_keywords: fields of `SamplingOptions` that override `options`.
+
+        Returns:
+            The options, `random_shifts` resolved (off unless asked for).
+
+        Raises:
+            ValueError: an unknown option, sampler or eta, or tiles that do not
+                fit the network's stride.
+        """
+        options = SamplingOptions() if options is None else options
+        if option_keywords:
+            options = SamplingOptions.from_dict({**options.to_dict(), **option_keywords})
+        get_step(options.sampler, options.eta)  # checks the sampler name and eta
+        if options.tile_size is not None:
+            tile_size, tile_margin = int(options.tile_size), int(options.tile_margin)
+            if tile_size % self.stride or (2 * tile_margin) % self.stride or tile_margin < 0:
+                raise ValueError(
+                    f"tile_size ({tile_size}) must be a multiple of the stride {self.stride} and "
+                    f"tile_margin ({tile_margin}) a non-negative multiple of {self.stride // 2 or 1}."
+                )
+        return options.replace(random_shifts=bool(options.random_shifts))
+
+    def sample(self, stellar_mass, num_samples=1, num_steps=250, seed=0, options=None, **option_keywords):
         """Draws posterior dark-matter maps for physical stellar-mass maps.
 
         Args:
@@ -393,62 +412,61 @@ class VariationalDiffusion(keras.Model):
             num_samples: posterior samples per map.
             num_steps: reverse-diffusion steps from t=1 to 0.
             seed: int; the same seed gives the same samples.
-            sampler: "ancestral" (the reference), "ddim" (deterministic, or
-                stochastic with `eta`), "dpm_solver_2m" (deterministic, second
-                order) or "dpm_solver_2m_sde" (stochastic, second order).
-            batch_size: maps per network call; bounds memory.
-            tile_size: None to denoise whole maps; else run the network on
-                overlapping periodic tiles of this size at every step, so
-                memory stays bounded for large maps (e.g. 2048x2048).
-            tile_margin: context pixels around each tile (a multiple of stride / 2).
-            tile_batch: tiles per network call.
-            noise_steps: None, or a multiple of `num_steps`: draw the noise on
-                a grid of this many steps, so that these samples are paired
-                with the `noise_steps`-step ancestral samples of the same seed
-                (same initial noise; each ancestral step's noise sums the
-                fine steps' noises). Each sample keeps its exact distribution;
-                only comparisons between samplers become less noisy.
-            random_shifts: roll the maps by a random offset below the network's
-                stride at every step and roll the prediction back (exact on
-                periodic maps; it costs two rolls per step). A U-Net is
-                shift-equivariant only for multiples of its stride, and an
-                under-trained one leaves edges every `stride` pixels in its
-                samples; the shifts spread them out (the shipped CPU model:
-                edges on its 16-pixel grid 1.55x the typical pixel-to-pixel
-                jump without, 0.99x with). They change the statistics of an
-                under-trained model's samples, not only the edges: see
-                docs/benchmarks.md. Off by default, as in the reference method.
-            eta: stochasticity of the "ddim" sampler, from 0 (deterministic)
-                to 1 (the ancestral step): a share eta^2 of each step's
-                posterior variance is fresh noise.
+            options: a `keras_dmdiff.posterior.SamplingOptions` (None: defaults).
+            **option_keywords: its fields, for short calls
+                (`model.sample(stars, 8, 25, sampler="ddim")`):
+                - sampler: "ancestral" (the reference), "ddim" (deterministic,
+                  or stochastic with `eta`), "dpm_solver_2m" (deterministic,
+                  second order) or "dpm_solver_2m_sde" (stochastic, second order).
+                - batch_size: maps per network call; bounds memory.
+                - tile_size: None to denoise whole maps; else run the network on
+                  overlapping periodic tiles of this size at every step, so
+                  memory stays bounded for large maps (e.g. 2048x2048);
+                  tile_margin: context pixels around each tile (a multiple of
+                  stride / 2); tile_batch: tiles per network call.
+                - noise_steps: None, or a multiple of `num_steps`: draw the
+                  noise on a grid of this many steps, so that these samples are
+                  paired with the `noise_steps`-step ancestral samples of the
+                  same seed (same initial noise; each ancestral step's noise sums
+                  the fine steps' noises). Each sample keeps its exact
+                  distribution; only comparisons between samplers become less noisy.
+                - random_shifts: roll the maps by a random offset below the
+                  network's stride at every step and roll the prediction back
+                  (exact on periodic maps; two rolls per step). A U-Net is
+                  shift-equivariant only for multiples of its stride, and an
+                  under-trained one leaves edges every `stride` pixels in its
+                  samples; the shifts spread them out. They change the
+                  statistics of an under-trained model's samples, not only the
+                  edges: see docs/benchmarks.md. Off by default, as in the
+                  reference method.
+                - eta: stochasticity of the "ddim" sampler, from 0
+                  (deterministic) to 1 (the ancestral step): a share eta^2 of
+                  each step's posterior variance is fresh noise.
 
         Returns:
             numpy float32 [B, num_samples, H, W] physical dark matter.
 
         Raises:
-            ValueError: bad maps or arguments.
+            ValueError: bad maps or arguments, or an unknown option.
             FloatingPointError: the sampler diverged (infinite or zero dark matter).
 
         Example:
             >>> reference = model.sample(stars, num_samples=8, num_steps=250)  # doctest: +SKIP
             >>> fast = model.sample(stars, num_samples=8, num_steps=25, noise_steps=250)  # doctest: +SKIP
         """
-        get_step(sampler, eta)  # checks the sampler name and eta
-        if int(num_samples) < 1 or int(num_steps) < 1 or int(batch_size) < 1:
-            raise ValueError("num_samples, num_steps and batch_size must be >= 1.")
+        options = self.resolve_options(options, **option_keywords)
+        sampler, batch_size = options.sampler, int(options.batch_size)
+        if int(num_samples) < 1 or int(num_steps) < 1:
+            raise ValueError("num_samples and num_steps must be >= 1.")
         if not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an int; got {type(seed).__name__}.")
+        noise_steps = options.noise_steps
         if noise_steps is not None:
             noise_group(num_steps, noise_steps)
             noise_steps = int(noise_steps)
         tiling = None
-        if tile_size is not None:
-            if tile_size % self.stride or (2 * tile_margin) % self.stride or tile_margin < 0:
-                raise ValueError(
-                    f"tile_size ({tile_size}) must be a multiple of the stride {self.stride} and "
-                    f"tile_margin ({tile_margin}) a non-negative multiple of {self.stride // 2 or 1}."
-                )
-            tiling = (int(tile_size), int(tile_margin), int(tile_batch))
+        if options.tile_size is not None:
+            tiling = (int(options.tile_size), int(options.tile_margin), int(options.tile_batch))
         maps = validate_maps(
             keras.ops.convert_to_numpy(stellar_mass) if not isinstance(stellar_mass, np.ndarray) else stellar_mass,
             "stellar_mass",
@@ -461,13 +479,14 @@ class VariationalDiffusion(keras.Model):
         if tiling is not None and (height % tiling[0] or width % tiling[0]):
             raise ValueError(f"tile_size {tiling[0]} must divide the map size {height}x{width}.")
         repeated = np.repeat(maps, num_samples, axis=0)
-        draw = self._sampler_function(sampler, int(num_steps), tiling, noise_steps, bool(random_shifts), float(eta))
+        draw = self._sampler_function(
+            sampler, int(num_steps), tiling, noise_steps, bool(options.random_shifts), float(options.eta)
+        )
         outputs = []
         for chunk, start in enumerate(range(0, len(repeated), batch_size)):
             condition = self(repeated[start : start + batch_size])
-            # Each chunk gets its own stream; int32 keeps seeds valid on both backends.
-            chunk_seed = np.int32((int(seed) * 1_000_003 + chunk) % (2**31 - 1))
-            normalised = draw(condition, ops.convert_to_tensor(chunk_seed, "int32"))
+            # Each chunk gets its own stream, derived as the SavedModel derives it.
+            normalised = draw(condition, ops.convert_to_tensor(chunk_seed(seed, chunk), "int32"))
             outputs.append(ops.convert_to_numpy(self.transform.dark_matter_from_network(normalised)))
         samples = np.concatenate(outputs, axis=0)[..., 0].astype(np.float32)
         broken = ~np.isfinite(samples) | (samples <= 0)
