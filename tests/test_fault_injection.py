@@ -2,8 +2,10 @@
 
 Every step kind that writes state runs at tiny size: mock (3 simulations on a
 32^3 grid), train (tiny network, 4 epochs of 2 steps), evaluate (2 maps x 2
-samples x 3 steps), export. The killed run must reach the same training
-history, weights, metrics, samples and SavedModel outputs. TensorFlow's CPU
+samples x 3 steps), export, ship. The recipe is killed with SIGKILL at seeded
+random moments of its run (at least 5 kills land) and rerun until done; it must
+reach the same training history, weights, metrics, samples, SavedModel outputs
+and shipped model. TensorFlow's CPU
 kernels are deterministic for a fixed thread count, so the tolerances are float
 round-off, not statistics.
 """
@@ -63,11 +65,20 @@ seed = 0
 kind = "export"
 model = "train/model.keras"
 samplers = ["ancestral"]
+
+[[steps]]
+kind = "ship"
+name = "tiny"
+out = "shipped/tiny"
+description = "every step kind, tiny"
 """
 
-# Seconds between kills: the first lands while TensorFlow is still importing,
-# later ones inside the mock, training, evaluation and export.
-KILL_AFTER = (2.0, 9.0, 14.0, 11.0, 17.0, 13.0, 20.0)
+KILLS = 6
+
+
+def kill_delays(uninterrupted_s, seed=0):
+    """Seconds each killed call runs: seeded, spread over the whole run (imports included)."""
+    return np.random.default_rng(seed).uniform(0.05, 0.4, KILLS) * uninterrupted_s
 
 
 def command(recipe, run_dir):
@@ -81,10 +92,10 @@ def environment():
     return env
 
 
-def run_killed(recipe, run_dir):
-    """Runs the recipe, SIGKILLed after each delay of KILL_AFTER, then to the end; returns the kills."""
+def run_killed(recipe, run_dir, delays):
+    """Runs the recipe, SIGKILLed after each delay, then to the end; returns the kills that landed."""
     kills = 0
-    for delay in KILL_AFTER:
+    for delay in delays:
         process = subprocess.Popen(command(recipe, run_dir), env=environment(),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -112,8 +123,8 @@ def test_a_recipe_killed_anywhere_ends_where_an_uninterrupted_run_ends(tmp_path)
     uninterrupted_s = time.time() - start
 
     killed = tmp_path / "killed"
-    kills = run_killed(recipe, killed)
-    assert kills >= 3, f"only {kills} kills landed in a {uninterrupted_s:.0f} s run"
+    kills = run_killed(recipe, killed, kill_delays(uninterrupted_s))
+    assert kills >= 5, f"only {kills} kills landed in a {uninterrupted_s:.0f} s run"
 
     # The training history: every epoch once, the same losses.
     def history(run):
@@ -148,3 +159,13 @@ def test_a_recipe_killed_anywhere_ends_where_an_uninterrupted_run_ends(tmp_path)
     draw_a = load_exported(str(once / "saved_model"))(stars, num_samples=1, num_steps=2, seed=3)
     draw_b = load_exported(str(killed / "saved_model"))(stars, num_samples=1, num_steps=2, seed=3)
     np.testing.assert_allclose(draw_b, draw_a, rtol=1e-3)
+    # The shipped model: the same weights and held-out metrics (its card's wall times differ).
+    shipped_a = keras.saving.load_model(once / "shipped" / "tiny" / "model.keras", compile=False)
+    shipped_b = keras.saving.load_model(killed / "shipped" / "tiny" / "model.keras", compile=False)
+    for wa, wb, wt in zip(shipped_a.get_weights(), shipped_b.get_weights(), model_a.get_weights()):
+        np.testing.assert_allclose(wb, wa, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(wa, wt)
+    card_a = json.loads((once / "shipped" / "tiny" / "metrics.json").read_text())
+    card_b = json.loads((killed / "shipped" / "tiny" / "metrics.json").read_text())
+    assert card_b["evaluation"]["summary"]["verdict"] == card_a["evaluation"]["summary"]["verdict"]
+    assert card_b["training"]["steps"] == card_a["training"]["steps"] == 8
