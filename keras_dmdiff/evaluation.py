@@ -55,17 +55,14 @@ import sys
 import numpy as np
 
 from keras_dmdiff import atomic_files, stats
-from keras_dmdiff.posterior import PosteriorSampler, SamplingOptions, load_keras_file, load_posterior
 from keras_dmdiff.baselines import ConditionalMeanBaseline, periodic_gaussian_smooth, stellar_tracer
+from keras_dmdiff.posterior import PosteriorSampler, SamplingOptions, load_keras_file, load_posterior
+from keras_dmdiff.stats.headline import POWER_RATIO_K_MAX, band_cross_correlation, power_ratio_error
 
 DIFFUSION = "diffusion"
 STELLAR_TRACER = "stellar_tracer"
 CONDITIONAL_MEAN = "conditional_mean"
 REGRESSION_UNET = "regression_unet"
-
-# Ranges of the headline numbers (h/Mpc).
-POWER_RATIO_K_MAX = 10.0
-CROSS_CORRELATION_K_RANGE = (1.0, 5.0)
 
 # Cap on the pooled pixel features of the calibration statistics (memory:
 # num_samples x this many float32).
@@ -417,11 +414,6 @@ def _band(values, axis):
             "low": np.nanquantile(values, 0.1, axis=axis),
             "high": np.nanquantile(values, 0.9, axis=axis),
         }
-
-
-def _mean_in(k, values, lo, hi):
-    mask = (k > lo) & (k < hi) & np.isfinite(values)
-    return float(np.mean(values[mask])) if np.any(mask) else float("nan")
 
 
 def json_safe(value):
@@ -848,14 +840,12 @@ def _measure(store, stars, dm, baselines, settings, progress, pixels_per_map,
         summary_cal = {"verdict": None, "coverage_error": None,
                        "note": "calibration needs num_samples >= 2"}
 
-    lo, hi = CROSS_CORRELATION_K_RANGE
     summary = {
         "power_ratio_error_k_lt_10": {
-            name: _mean_in(k, np.abs(band["mean"] - 1.0), 0.0, POWER_RATIO_K_MAX)
-            for name, band in power_ratio.items()
+            name: power_ratio_error(k, band["mean"]) for name, band in power_ratio.items()
         },
         "cross_correlation_1_k_5": {
-            name: _mean_in(k, band["mean"], lo, hi) for name, band in cross.items()
+            name: band_cross_correlation(k, band["mean"]) for name, band in cross.items()
         },
         "mse_dex2": {name: v["mean"] for name, v in mse_summary.items()},
         "grid_edge_ratio": {

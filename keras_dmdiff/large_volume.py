@@ -80,6 +80,7 @@ def _measure(model, stellar_path, out_path, settings, tile=None):
 
 def _statistics(samples, truth, box_size):
     from keras_dmdiff.stats import cross_correlation, one_point_pdf, power_ratio, power_spectrum
+    from keras_dmdiff.stats.headline import band_cross_correlation, power_ratio_error
 
     k, pk_true, _ = power_spectrum(truth, box_size=box_size)
     _, pk_samples, _ = power_spectrum(samples, box_size=box_size)
@@ -87,16 +88,14 @@ def _statistics(samples, truth, box_size):
     _, r_mean, _ = cross_correlation(samples.mean(axis=0), truth, box_size=box_size)
     centres, pdf_true = one_point_pdf(truth)
     _, pdf_samples = one_point_pdf(samples)
-    low_k = k < 10.0
-    band = (k > 1.0) & (k < 5.0)
     return {
         "k": k.tolist(),
         "power_ratio_mean": ratio["mean"].tolist(),
         "power_ratio_low": ratio["low"].tolist(),
         "power_ratio_high": ratio["high"].tolist(),
         "r_posterior_mean": r_mean.tolist(),
-        "mean_abs_power_ratio_error_k_lt_10": float(np.nanmean(np.abs(ratio["mean"][low_k] - 1.0))),
-        "mean_r_1_lt_k_lt_5": float(np.nanmean(r_mean[band])),
+        "mean_abs_power_ratio_error_k_lt_10": power_ratio_error(k, ratio["mean"]),
+        "mean_r_1_lt_k_lt_5": band_cross_correlation(k, r_mean),
         "pdf_centres": centres.tolist(),
         "pdf_true": pdf_true.tolist(),
         "pdf_samples_mean": pdf_samples.mean(axis=0).tolist(),
