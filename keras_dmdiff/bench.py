@@ -358,8 +358,9 @@ def _compiled_forward(network):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        on_gpu = bool(tf.config.list_logical_devices("GPU"))
-        function = tf.function(lambda z, c, g: network([z, c, g], training=False), jit_compile=on_gpu)
+        from keras_dmdiff.compilation import tensorflow_uses_xla
+
+        function = tf.function(lambda z, c, g: network([z, c, g], training=False), jit_compile=tensorflow_uses_xla())
         return lambda z, c, g: function(z, c, g).numpy()
     if backend == "jax":
         import jax

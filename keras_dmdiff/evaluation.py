@@ -932,22 +932,17 @@ def run_evaluation(
         >>> run_evaluation("runs/cpu/model.keras", "camels_cmd/mock_IllustrisTNG_LH", "test",  # doctest: +SKIP
         ...                "eval/cpu", num_samples=10, num_steps=100, max_maps=20)
     """
-    from keras_dmdiff.data import make_dataset
+    from keras_dmdiff.data import crop_box_size, make_dataset
 
     loaded = load_posterior(model_path)
     if options is None:
         options = SamplingOptions(batch_size=batch_size)
     common = dict(data_dir=data_dir, manual_dir=manual_dir)
-    full = make_dataset(dataset, split=split, training=False, batch_size=batch_size, **common)
-    map_size = full.element_spec[0].shape[-1] or 256
-    test = full
-    eval_box = float(box_size)
-    if crop_size is not None:
-        test = make_dataset(
-            dataset, split=split, training=False, batch_size=batch_size, crop_size=crop_size,
-            eval_crop="tile", **common,
-        )
-        eval_box = float(box_size) * int(crop_size) / int(map_size)
+    test = make_dataset(
+        dataset, split=split, training=False, batch_size=batch_size, crop_size=crop_size, eval_crop="tile",
+        **common,
+    )
+    eval_box = crop_box_size(dataset, crop_size, box_size, split=split, **common)
     train_batches = None
     if train_split_for_baselines is not None:
         train_batches = make_dataset(

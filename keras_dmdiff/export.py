@@ -205,7 +205,9 @@ def export_saved_model(
         model.build()
     stride = int(model.stride)
     if jit_compile is None:
-        jit_compile = bool(tf.config.list_logical_devices("GPU"))
+        from keras_dmdiff.compilation import tensorflow_uses_xla
+
+        jit_compile = tensorflow_uses_xla()
 
     transform = model.transform
     shift_period = stride if random_shifts else None

@@ -276,16 +276,15 @@ def _datasets(config):
 
 
 def _posterior_monitor(config, run_dir):
-    from keras_dmdiff.data import make_dataset
+    from keras_dmdiff.data import crop_box_size, make_dataset
     from keras_dmdiff.evaluation import collect_maps
 
-    common = dict(split="validation", training=False, batch_size=config.science.maps,
-                  data_dir=config.data_dir, manual_dir=config.manual_dir)
-    map_size = make_dataset(config.dataset, **common).element_spec[0].shape[-1]
+    common = dict(split="validation", data_dir=config.data_dir, manual_dir=config.manual_dir)
     # Crops of the training size, the first of each map: the same maps every epoch.
-    validation = make_dataset(config.dataset, crop_size=config.crop_size, eval_crop="corner", **common)
+    validation = make_dataset(config.dataset, training=False, batch_size=config.science.maps,
+                              crop_size=config.crop_size, eval_crop="corner", **common)
     maps = collect_maps(validation.take(1), max_maps=config.science.maps)
-    box_size = DEFAULT_BOX_SIZE * maps[0].shape[-1] / map_size
+    box_size = crop_box_size(config.dataset, config.crop_size, DEFAULT_BOX_SIZE, **common)
     return PosteriorMonitor(maps, box_size, config.science, out_dir=run_dir)
 
 

@@ -367,3 +367,26 @@ def make_dataset(
             ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def crop_box_size(source, crop_size, box_size, *, split="train", data_dir=None, manual_dir=None) -> float:
+    """Side in Mpc/h of the `crop_size` crops of a dataset whose full maps span `box_size`.
+
+    The full maps' size is read from the dataset's element spec, so crops of
+    a 128x128 mock are as true to scale as those of CMD's 256x256 maps.
+
+    Args:
+        source: TFDS name, as in `make_dataset`.
+        crop_size: crop side in pixels, or None for the full maps.
+        box_size: side of the full maps in Mpc/h (CMD: 25).
+        split, data_dir, manual_dir: as in `make_dataset`.
+
+    Example:
+        >>> crop_box_size("camels_cmd/IllustrisTNG_LH", 64, 25.0, manual_dir="data/cmd")  # doctest: +SKIP
+        6.25
+    """
+    if crop_size is None:
+        return float(box_size)
+    full = make_dataset(source, split=split, batch_size=1, data_dir=data_dir, manual_dir=manual_dir)
+    map_size = full.element_spec[0].shape[-1]
+    return float(box_size) * int(crop_size) / int(map_size)

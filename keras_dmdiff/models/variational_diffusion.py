@@ -347,11 +347,11 @@ class VariationalDiffusion(keras.Model):
         if backend == "tensorflow":
             import tensorflow as tf
 
-            on_gpu = bool(tf.config.list_logical_devices("GPU"))
-            # XLA helps on GPU and was measured slower on CPU (docs/benchmarks.md).
+            from keras_dmdiff.compilation import tensorflow_uses_xla
+
             # Tiling needs static H and W, so it traces once per map shape.
             function = tf.function(
-                draw, jit_compile=on_gpu, reduce_retracing=tiling is None, autograph=False
+                draw, jit_compile=tensorflow_uses_xla(), reduce_retracing=tiling is None, autograph=False
             )
         elif backend == "jax":
             import jax
