@@ -73,7 +73,10 @@ class ConditionalUNet(keras.Model):
         fourier_features=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        # Inputs stay float32: z_t is added back to the output in float32, and
+        # the sub-layers (all built with this policy) cast where they compute.
+        kwargs.pop("autocast", None)
+        super().__init__(autocast=False, **kwargs)
         self.widths = tuple(int(w) for w in widths)
         if not self.widths:
             raise ValueError("ConditionalUNet needs at least one level in `widths`.")
@@ -90,41 +93,50 @@ class ConditionalUNet(keras.Model):
         self.embedding_hidden_dim = int(embedding_hidden_dim)
         self.fourier_features = tuple(fourier_features) if fourier_features else None
 
-        def block(filters, name):
-            return ResidualBlock(filters, groups=groups, dropout=dropout, name=name)
+        policy = self.dtype_policy
 
-        self.gamma_embedding = GammaEmbedding(embedding_dim, embedding_hidden_dim, name="gamma_embedding")
-        self.fourier = FourierFeatures(*self.fourier_features, name="fourier") if self.fourier_features else None
-        self.conv_in = CircularConv2D(self.widths[0], 3, name="conv_in")
+        def block(filters, name):
+            return ResidualBlock(filters, groups=groups, dropout=dropout, dtype=policy, name=name)
+
+        def attention(name):
+            return SelfAttention(groups, dtype=policy, name=name)
+
+        self.gamma_embedding = GammaEmbedding(embedding_dim, embedding_hidden_dim, dtype=policy, name="gamma_embedding")
+        self.fourier = (
+            FourierFeatures(*self.fourier_features, dtype=policy, name="fourier") if self.fourier_features else None
+        )
+        self.conv_in = CircularConv2D(self.widths[0], 3, dtype=policy, name="conv_in")
 
         self.down_blocks, self.down_attention, self.downsamples = [], [], []
         for level, width in enumerate(self.widths):
             self.down_blocks.append([block(width, f"down_{level}_block_{i}") for i in range(self.blocks_per_level)])
             self.down_attention.append(
-                [SelfAttention(groups, name=f"down_{level}_attention_{i}") for i in range(self.blocks_per_level)]
+                [attention(f"down_{level}_attention_{i}") for i in range(self.blocks_per_level)]
                 if level in self.attention_levels
                 else []
             )
             # Downsampling keeps the width; the next level's first block widens it.
-            self.downsamples.append(layers.Conv2D(width, 2, strides=2, name=f"downsample_{level}"))
+            self.downsamples.append(layers.Conv2D(width, 2, strides=2, dtype=policy, name=f"downsample_{level}"))
 
         self.mid_block_1 = block(self.bottleneck_width, "mid_block_1")
-        self.mid_attention = SelfAttention(groups, name="mid_attention") if self.bottleneck_attention else None
+        self.mid_attention = attention("mid_attention") if self.bottleneck_attention else None
         self.mid_block_2 = block(self.bottleneck_width, "mid_block_2")
 
         self.upsamples, self.up_blocks, self.up_attention = [], [], []
         for level in reversed(range(len(self.widths))):
             width = self.widths[level]
-            self.upsamples.append(layers.Conv2DTranspose(width, 2, strides=2, name=f"upsample_{level}"))
+            self.upsamples.append(
+                layers.Conv2DTranspose(width, 2, strides=2, dtype=policy, name=f"upsample_{level}")
+            )
             self.up_blocks.append([block(width, f"up_{level}_block_{i}") for i in range(self.blocks_per_level)])
             self.up_attention.append(
-                [SelfAttention(groups, name=f"up_{level}_attention_{i}") for i in range(self.blocks_per_level)]
+                [attention(f"up_{level}_attention_{i}") for i in range(self.blocks_per_level)]
                 if level in self.attention_levels
                 else []
             )
 
-        self.norm_out = GroupNorm(groups, name="norm_out")
-        self.conv_out = CircularConv2D(1, 3, kernel_initializer="zeros", name="conv_out")
+        self.norm_out = GroupNorm(groups, dtype=policy, name="norm_out")
+        self.conv_out = CircularConv2D(1, 3, kernel_initializer="zeros", dtype=policy, name="conv_out")
 
     @property
     def stride(self):
@@ -147,9 +159,10 @@ class ConditionalUNet(keras.Model):
         return self._run(z_t, condition, gamma_normalised, training=training)
 
     def _run(self, z_t, condition, gamma_normalised, training):
+        compute = self.compute_dtype
         embedding = self.gamma_embedding(gamma_normalised)
-        h = z_t if self.fourier is None else self.fourier(z_t)
-        h = self.conv_in(ops.concatenate([h, ops.cast(condition, h.dtype)], axis=-1))
+        h = ops.cast(z_t, compute) if self.fourier is None else self.fourier(z_t)
+        h = self.conv_in(ops.concatenate([h, ops.cast(condition, compute)], axis=-1))
 
         skips = []
         for blocks, attentions, downsample in zip(self.down_blocks, self.down_attention, self.downsamples):
@@ -172,7 +185,8 @@ class ConditionalUNet(keras.Model):
                 if attentions:
                     h = attentions[i](h)
 
-        return self.conv_out(ops.silu(self.norm_out(h))) + z_t
+        # The eps skip in float32, whatever the compute dtype: the output is float32.
+        return ops.cast(self.conv_out(ops.silu(self.norm_out(h))), "float32") + ops.cast(z_t, "float32")
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])

@@ -124,14 +124,18 @@ class GroupNorm(layers.Layer):
     def call(self, x):
         shape = ops.shape(x)
         group_size = x.shape[-1] // self.groups
-        count = ops.cast(shape[1] * shape[2] * group_size, x.dtype)
-        sums = ops.reshape(ops.sum(x, axis=(1, 2)), (-1, self.groups, group_size))
-        square_sums = ops.reshape(ops.sum(ops.square(x), axis=(1, 2)), (-1, self.groups, group_size))
+        # The sums in float32 whatever the compute dtype: a mean of squares in
+        # bfloat16 loses the variance.
+        statistics = x if keras.backend.standardize_dtype(x.dtype) == "float32" else ops.cast(x, "float32")
+        count = ops.cast(shape[1] * shape[2] * group_size, "float32")
+        sums = ops.reshape(ops.sum(statistics, axis=(1, 2)), (-1, self.groups, group_size))
+        square_sums = ops.reshape(ops.sum(ops.square(statistics), axis=(1, 2)), (-1, self.groups, group_size))
         mean = ops.sum(sums, axis=-1) / count  # [B, groups]
         variance = ops.maximum(ops.sum(square_sums, axis=-1) / count - ops.square(mean), 0.0)
         inv_std = ops.repeat(ops.rsqrt(variance + self.epsilon), group_size, axis=1)  # [B, C]
-        scale = self.gamma * inv_std
-        shift = self.beta - ops.repeat(mean, group_size, axis=1) * scale
+        scale = ops.cast(self.gamma, "float32") * inv_std
+        shift = ops.cast(self.beta, "float32") - ops.repeat(mean, group_size, axis=1) * scale
+        scale, shift = ops.cast(scale, x.dtype), ops.cast(shift, x.dtype)
         return x * scale[:, None, None, :] + shift[:, None, None, :]
 
     def compute_output_shape(self, input_shape):
@@ -157,24 +161,27 @@ class GammaEmbedding(layers.Layer):
     """
 
     def __init__(self, embedding_dim=48, hidden_dim=192, **kwargs):
-        super().__init__(**kwargs)
+        # The sinusoids take float32 gamma (bfloat16 would round 1000 gamma to steps of ~4).
+        kwargs.pop("autocast", None)
+        super().__init__(autocast=False, **kwargs)
         if embedding_dim % 2:
             raise ValueError(f"GammaEmbedding needs an even embedding_dim; got {embedding_dim}.")
         self.embedding_dim = embedding_dim
         self.hidden_dim = hidden_dim
-        self.dense_in = layers.Dense(hidden_dim, name="dense_in")
-        self.dense_out = layers.Dense(hidden_dim, name="dense_out")
+        self.dense_in = layers.Dense(hidden_dim, dtype=self.dtype_policy, name="dense_in")
+        self.dense_out = layers.Dense(hidden_dim, dtype=self.dtype_policy, name="dense_out")
 
     def build(self, input_shape):
         self.dense_in.build((None, self.embedding_dim))
         self.dense_out.build((None, self.hidden_dim))
 
     def call(self, gamma_normalised):
-        t = ops.reshape(ops.cast(gamma_normalised, self.compute_dtype), (-1, 1)) * 1000.0
+        t = ops.reshape(ops.cast(gamma_normalised, "float32"), (-1, 1)) * 1000.0
         half = self.embedding_dim // 2
         frequencies = ops.exp(-math.log(10000.0) * ops.arange(half, dtype="float32") / max(half - 1, 1))
-        angles = t * ops.cast(ops.reshape(frequencies, (1, half)), self.compute_dtype)
+        angles = t * ops.reshape(frequencies, (1, half))
         embedding = ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
+        embedding = ops.cast(embedding, self.compute_dtype)
         return self.dense_out(ops.silu(self.dense_in(embedding)))
 
     def compute_output_shape(self, input_shape):
@@ -197,16 +204,19 @@ class FourierFeatures(layers.Layer):
     """
 
     def __init__(self, first=6, last=8, **kwargs):
-        super().__init__(**kwargs)
+        # sin(2^8 pi x) needs float32 x; the features are cast to the compute dtype after.
+        kwargs.pop("autocast", None)
+        super().__init__(autocast=False, **kwargs)
         self.first = first
         self.last = last
 
     def call(self, x):
+        x = ops.cast(x, "float32")
         features = [x]
         for n in range(self.first, self.last + 1):
             angle = x * (2.0**n * math.pi)
             features += [ops.sin(angle), ops.cos(angle)]
-        return ops.concatenate(features, axis=-1)
+        return ops.cast(ops.concatenate(features, axis=-1), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         multiplier = 1 + 2 * (self.last - self.first + 1)
@@ -237,13 +247,14 @@ class ResidualBlock(layers.Layer):
         self.filters = filters
         self.groups = groups
         self.dropout_rate = dropout
-        self.norm_in = GroupNorm(groups, name="norm_in")
-        self.conv_in = CircularConv2D(filters, 3, name="conv_in")
-        self.embedding_projection = layers.Dense(filters, name="embedding_projection")
-        self.norm_out = GroupNorm(groups, name="norm_out")
-        self.dropout = layers.Dropout(dropout)
+        policy = self.dtype_policy
+        self.norm_in = GroupNorm(groups, dtype=policy, name="norm_in")
+        self.conv_in = CircularConv2D(filters, 3, dtype=policy, name="conv_in")
+        self.embedding_projection = layers.Dense(filters, dtype=policy, name="embedding_projection")
+        self.norm_out = GroupNorm(groups, dtype=policy, name="norm_out")
+        self.dropout = layers.Dropout(dropout, dtype=policy)
         # Zero-initialised so that each block starts as the identity.
-        self.conv_out = CircularConv2D(filters, 3, kernel_initializer="zeros", name="conv_out")
+        self.conv_out = CircularConv2D(filters, 3, kernel_initializer="zeros", dtype=policy, name="conv_out")
         self.skip = None
 
     def build(self, input_shape):
@@ -255,7 +266,7 @@ class ResidualBlock(layers.Layer):
         self.norm_out.build(out_shape)
         self.conv_out.build(out_shape)
         if feature_shape[-1] != self.filters:
-            self.skip = layers.Conv2D(self.filters, 1, name="skip")
+            self.skip = layers.Conv2D(self.filters, 1, dtype=self.dtype_policy, name="skip")
             self.skip.build(feature_shape)
 
     def call(self, inputs, training=False):
@@ -290,14 +301,14 @@ class SelfAttention(layers.Layer):
     def __init__(self, groups=8, **kwargs):
         super().__init__(**kwargs)
         self.groups = groups
-        self.norm = GroupNorm(groups, name="norm")
+        self.norm = GroupNorm(groups, dtype=self.dtype_policy, name="norm")
 
     def build(self, input_shape):
         channels = input_shape[-1]
         self.norm.build(input_shape)
-        self.qkv = layers.Dense(3 * channels, name="qkv")
+        self.qkv = layers.Dense(3 * channels, dtype=self.dtype_policy, name="qkv")
         self.qkv.build(input_shape)
-        self.projection = layers.Dense(channels, kernel_initializer="zeros", name="projection")
+        self.projection = layers.Dense(channels, kernel_initializer="zeros", dtype=self.dtype_policy, name="projection")
         self.projection.build(input_shape)
 
     def call(self, x):

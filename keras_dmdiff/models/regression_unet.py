@@ -58,6 +58,8 @@ class RegressionUNet(keras.Model):
     """
 
     def __init__(self, network=None, transform=None, **kwargs):
+        # The loss and the maps' log transform stay float32; the network's policy sets its compute dtype.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if network is None:
             network = ConditionalUNet()

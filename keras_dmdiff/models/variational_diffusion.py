@@ -100,6 +100,9 @@ class VariationalDiffusion(keras.Model):
         mean_network=None,
         **kwargs,
     ):
+        # The schedule, the ELBO and the maps' log transform stay float32; the
+        # network's own dtype policy (e.g. "mixed_bfloat16") sets its compute dtype.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if prediction not in PREDICTIONS:
             raise ValueError(f"Unknown prediction {prediction!r}; choose one of {PREDICTIONS}.")
@@ -117,7 +120,9 @@ class VariationalDiffusion(keras.Model):
         self.network = network
         self.gamma_min = float(gamma_min)
         self.gamma_max = float(gamma_max)
-        self.schedule = get_schedule(schedule, gamma_min=self.gamma_min, gamma_max=self.gamma_max)
+        self.schedule = get_schedule(
+            schedule, gamma_min=self.gamma_min, gamma_max=self.gamma_max, dtype=self.dtype_policy
+        )
         if self.importance_sampling and not isinstance(self.schedule, (FixedLinearSchedule, LearnedLinearSchedule)):
             raise ValueError(
                 "importance_sampling maps gamma back to t, which needs a linear schedule "
