@@ -150,6 +150,7 @@ def _add_reconstruct(subparsers):
     parser.add_argument("--out", default="reconstruction.h5", help="output HDF5 file")
     parser.add_argument("--png", help="also write a figure here (default: next to --out)")
     parser.add_argument("--no-png", action="store_true", help="do not write a figure")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal)")
     _add_sampling_options(parser)
     parser.set_defaults(func=_run_reconstruct)
 
@@ -219,6 +220,7 @@ def _run_reconstruct(args):
         options=_sampling_options(args),
         out=args.out,
         png=None if args.no_png else (args.png or os.path.splitext(args.out)[0] + ".png"),
+        verbose=0 if args.quiet else "auto",
     )
     for name, path in outputs.items():
         print(f"{name}: {path}")

@@ -47,6 +47,7 @@ process can load this file alone (e.g. with `importlib`) and use
 import datetime
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -64,6 +65,32 @@ LOG_SCALED_MAX = 100.0
 def _endpoint_names(sampler):
     suffix = "" if sampler == "ancestral" else f"_{sampler}"
     return f"sample{suffix}", f"draw{suffix}"
+
+
+class _NoProgress:
+    def update(self, count=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress_bar(total, verbose, description):
+    """A progress bar over `total` samples, with the time left, or a silent stand-in.
+
+    Args:
+        total: samples to draw.
+        verbose: 0 (silent), 1 (a bar) or "auto" (a bar when stderr is a terminal).
+        description: the bar's label.
+    """
+    show = sys.stderr.isatty() if verbose == "auto" else bool(verbose)
+    if not show:
+        return _NoProgress()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # a serving environment with TensorFlow alone
+        return _NoProgress()
+    return tqdm(total=total, desc=description, unit="sample", leave=False)
 
 
 def chunk_seed(seed, chunk):
@@ -445,12 +472,12 @@ class ExportedSampler:
             self.supported_options, f"This SavedModel ({self.path})", fixed={"random_shifts": self.random_shifts}
         )
 
-    def sample(self, stellar_mass, num_samples=1, num_steps=250, seed=0, options=None):
+    def sample(self, stellar_mass, num_samples=1, num_steps=250, seed=0, options=None, verbose=0):
         """`PosteriorSampler.sample`: as a call, with the sampler and batch size from `options`."""
         if options is None:
-            return self(stellar_mass, num_samples, num_steps, seed)
+            return self(stellar_mass, num_samples, num_steps, seed, verbose=verbose)
         options = self.resolve_options(options)
-        return self(stellar_mass, num_samples, num_steps, seed, options.sampler, options.batch_size)
+        return self(stellar_mass, num_samples, num_steps, seed, options.sampler, options.batch_size, verbose)
 
     def __repr__(self):
         return (
@@ -458,7 +485,9 @@ class ExportedSampler:
             f"random_shifts={self.random_shifts})"
         )
 
-    def __call__(self, stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral", batch_size=16):
+    def __call__(
+        self, stellar_mass, num_samples=1, num_steps=250, seed=0, sampler="ancestral", batch_size=16, verbose=0
+    ):
         import tensorflow as tf
 
         if sampler not in self.samplers:
@@ -493,6 +522,7 @@ class ExportedSampler:
         draw = getattr(self.module, self.metadata["endpoints"][sampler]["draw"])
         total = count * num_samples
         outputs = []
+        progress = progress_bar(total, verbose, f"sampling, {num_steps} steps each")
         try:
             for chunk, start in enumerate(range(0, total, batch_size)):
                 # Rows start.. of np.repeat(maps, num_samples, axis=0), as in
@@ -505,8 +535,11 @@ class ExportedSampler:
                         tf.constant(chunk_seed(seed, chunk), tf.int32),
                     ).numpy()
                 )
+                progress.update(len(rows))
         except tf.errors.InvalidArgumentError as error:
             raise ValueError(error.message) from None
+        finally:
+            progress.close()
         samples = np.concatenate(outputs, axis=0)
         return samples.reshape(count, num_samples, height, width).astype(np.float32)
 

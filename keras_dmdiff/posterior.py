@@ -142,8 +142,12 @@ class PosteriorSampler(Protocol):
             ValueError: naming an option it cannot honour.
         """
 
-    def sample(self, stellar_mass, num_samples=1, num_steps=250, seed=0, options=None):
-        """numpy float32 [B, num_samples, H, W] physical dark matter for [H, W] or [B, H, W] maps."""
+    def sample(self, stellar_mass, num_samples=1, num_steps=250, seed=0, options=None, verbose=0):
+        """numpy float32 [B, num_samples, H, W] physical dark matter for [H, W] or [B, H, W] maps.
+
+        `verbose`: 0 (silent), 1 (progress over the samples, with the time left)
+        or "auto" (progress when stderr is a terminal).
+        """
 
 
 class PosteriorFunction:
@@ -178,8 +182,8 @@ class PosteriorFunction:
         options = SamplingOptions() if options is None else options
         return options.check_supported(self.supported_options, f"The posterior function {self.name!r}")
 
-    def sample(self, stellar_mass, num_samples=1, num_steps=250, seed=0, options=None):
-        self.resolve_options(options)
+    def sample(self, stellar_mass, num_samples=1, num_steps=250, seed=0, options=None, verbose=0):
+        self.resolve_options(options)  # a function shows no progress: `verbose` has nothing to report
         maps = np.asarray(stellar_mass, np.float32)
         if maps.ndim == 2:
             maps = maps[None]

@@ -79,6 +79,7 @@ def reconstruct(
     options=None,
     out="reconstruction.h5",
     png=None,
+    verbose="auto",
 ):
     """Posterior dark-matter samples for stellar-mass maps, written to HDF5 (and a PNG).
 
@@ -95,6 +96,8 @@ def reconstruct(
             SavedModel) is a ValueError.
         out: output HDF5 path.
         png: figure path, or None for no figure.
+        verbose: progress over the samples with the time left: 1, 0 (silent)
+            or "auto" (when stderr is a terminal).
 
     Returns:
         dict of written paths ("samples", and "figure" when drawn).
@@ -126,7 +129,7 @@ def reconstruct(
     options = posterior.resolve_options(SamplingOptions() if options is None else options)
     description.update(options.non_default())
     description["random_shifts"] = options.random_shifts
-    samples = np.asarray(posterior.sample(stellar, num_samples, num_steps, seed, options))
+    samples = np.asarray(posterior.sample(stellar, num_samples, num_steps, seed, options, verbose=verbose))
     if samples.shape != (stellar.shape[0], num_samples) + stellar.shape[1:]:
         raise RuntimeError(f"The model returned samples of shape {samples.shape}; expected [B, S, H, W].")
 

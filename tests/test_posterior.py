@@ -136,3 +136,15 @@ def test_load_posterior_opens_both_formats_and_names_what_it_cannot(tiny_model, 
     with pytest.raises(ValueError, match="expected a .keras file or a SavedModel folder"):
         (tmp_path / "weights.h5").write_bytes(b"")
         load_posterior(tmp_path / "weights.h5")
+
+
+def test_sampling_shows_progress_only_when_asked(tiny_model, capsys):
+    model, stars = tiny_model
+    quiet = model.sample(stars, 2, 3, 0, batch_size=2)
+    assert capsys.readouterr().err == ""
+    shown = model.sample(stars, 2, 3, 0, batch_size=2, verbose=1)
+    err = capsys.readouterr().err
+    assert "sampling, 3 steps each" in err and "0/4 [" in err  # 4 samples; tqdm redraws at intervals
+    np.testing.assert_array_equal(shown, quiet)  # progress changes nothing drawn
+    model.sample(stars, 1, 2, 0, verbose="auto")  # stderr is no terminal under pytest
+    assert capsys.readouterr().err == ""

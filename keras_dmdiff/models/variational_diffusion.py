@@ -12,7 +12,7 @@ from keras_dmdiff.models import loss_weightings
 from keras_dmdiff.models.layers import PACKAGE
 from keras_dmdiff.models.noise_schedules import FixedLinearSchedule, LearnedLinearSchedule, get_schedule
 from keras_dmdiff.models.regression_unet import RegressionUNet
-from keras_dmdiff.export import chunk_seed
+from keras_dmdiff.export import chunk_seed, progress_bar
 from keras_dmdiff.posterior import SamplingOptions
 from keras_dmdiff.models.samplers import alpha_sigma, get_step, noise_group, run_sampler, tiled_denoiser
 from keras_dmdiff.transforms import MapTransform, validate_maps
@@ -408,7 +408,9 @@ class VariationalDiffusion(keras.Model):
                 )
         return options.replace(random_shifts=bool(options.random_shifts))
 
-    def sample(self, stellar_mass, num_samples=1, num_steps=250, seed=0, options=None, **option_keywords):
+    def sample(
+        self, stellar_mass, num_samples=1, num_steps=250, seed=0, options=None, verbose=0, **option_keywords
+    ):
         """Draws posterior dark-matter maps for physical stellar-mass maps.
 
         Args:
@@ -418,6 +420,8 @@ class VariationalDiffusion(keras.Model):
             num_steps: reverse-diffusion steps from t=1 to 0.
             seed: int; the same seed gives the same samples.
             options: a `keras_dmdiff.posterior.SamplingOptions` (None: defaults).
+            verbose: 0 (silent), 1 (a progress bar over the samples, with the
+                time left) or "auto" (a bar when stderr is a terminal).
             **option_keywords: its fields, for short calls
                 (`model.sample(stars, 8, 25, sampler="ddim")`):
                 - sampler: "ancestral" (the reference), "ddim" (deterministic,
@@ -488,11 +492,16 @@ class VariationalDiffusion(keras.Model):
             sampler, int(num_steps), tiling, noise_steps, bool(options.random_shifts), float(options.eta)
         )
         outputs = []
-        for chunk, start in enumerate(range(0, len(repeated), batch_size)):
-            condition = self(repeated[start : start + batch_size])
-            # Each chunk gets its own stream, derived as the SavedModel derives it.
-            normalised = draw(condition, ops.convert_to_tensor(chunk_seed(seed, chunk), "int32"))
-            outputs.append(ops.convert_to_numpy(self.transform.dark_matter_from_network(normalised)))
+        progress = progress_bar(len(repeated), verbose, f"sampling, {int(num_steps)} steps each")
+        try:
+            for chunk, start in enumerate(range(0, len(repeated), batch_size)):
+                condition = self(repeated[start : start + batch_size])
+                # Each chunk gets its own stream, derived as the SavedModel derives it.
+                normalised = draw(condition, ops.convert_to_tensor(chunk_seed(seed, chunk), "int32"))
+                outputs.append(ops.convert_to_numpy(self.transform.dark_matter_from_network(normalised)))
+                progress.update(int(condition.shape[0]))
+        finally:
+            progress.close()
         samples = np.concatenate(outputs, axis=0)[..., 0].astype(np.float32)
         broken = ~np.isfinite(samples) | (samples <= 0)
         if broken.any():
