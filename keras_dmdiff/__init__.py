@@ -15,8 +15,18 @@ __version__ = "0.1.0"
 LIGHT_IMPORT_VARIABLE = "KERAS_DMDIFF_LIGHT_IMPORT"
 
 # Registers the TFDS builder `camels_cmd` (datasets/camels_cmd); it imports
-# neither TensorFlow nor Keras.
-import keras_dmdiff_datasets.camels_cmd  # noqa: E402,F401
+# neither TensorFlow nor Keras, nor this package.
+import keras_dmdiff_datasets.camels_cmd  # noqa: E402
+
+
+def _write_mock_cmd_files(*args, **kwargs):
+    # Imported when a mock config is built, not with the package.
+    from keras_dmdiff.mock import write_cmd_files
+
+    return write_cmd_files(*args, **kwargs)
+
+
+keras_dmdiff_datasets.camels_cmd.set_mock_writer(_write_mock_cmd_files)
 
 if os.environ.get(LIGHT_IMPORT_VARIABLE) != "1":
     from keras_dmdiff.models import ConditionalUNet, VariationalDiffusion, network_from_preset  # noqa: E402,F401

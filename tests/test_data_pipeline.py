@@ -363,6 +363,17 @@ def test_mock_config_path_with_a_stand_in_writer(tmp_path, monkeypatch, no_netwo
 
 
 @backend_independent
+def test_mock_config_without_a_writer_is_named(tmp_path, monkeypatch, no_network):
+    """The builder imports nothing of keras_dmdiff: the mock writer is set from outside."""
+    from keras_dmdiff_datasets.camels_cmd import camels_cmd_dataset_builder
+
+    monkeypatch.setattr(camels_cmd_dataset_builder, "_mock_writer", None)
+    builder = tfds.builder("camels_cmd/mock_SIMBA_CV", data_dir=os.fspath(tmp_path))
+    with pytest.raises(RuntimeError, match="no mock writer is set: `import keras_dmdiff` first"):
+        builder.download_and_prepare()
+
+
+@backend_independent
 @pytest.mark.skipif(_mock_writer() is None, reason="keras_dmdiff.mock.write_cmd_files not available")
 def test_mock_config_builds_through_the_same_reader(tmp_path, no_network):
     config = CamelsCmdConfig(

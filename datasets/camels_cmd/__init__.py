@@ -19,6 +19,7 @@ from keras_dmdiff_datasets.camels_cmd.camels_cmd_dataset_builder import (
     CmdFilesNotFoundError,
     cmd_file_names,
     read_cmd_files,
+    set_mock_writer,
     split_simulations,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "SUITES",
     "cmd_file_names",
     "read_cmd_files",
+    "set_mock_writer",
     "split_simulations",
 ]

@@ -100,7 +100,8 @@ def cmd_file_names(suite: str, set_name: str) -> dict[str, str]:
 
 def _files_message(folder, suite: str, set_name: str, problem: str) -> str:
     names = cmd_file_names(suite, set_name)
-    lines = [problem, f"Folder searched: {folder}", f"Files expected for {suite} {set_name}:"]
+    lines = [problem] + ([f"Folder searched: {folder}"] if folder is not None else [])
+    lines.append(f"Files expected for {suite} {set_name}:")
     for name in names.values():
         present = folder is not None and (pathlib.Path(os.fspath(folder)) / name).is_file()
         lines.append(f"  {name}  [{'found' if present else 'MISSING'}]")
@@ -370,11 +371,24 @@ def _make_configs():
 def _already_registered(name: str) -> bool:
     # The module may be imported twice under two names (e.g. pytest's rootdir import of
     # `datasets/camels_cmd` as `camels_cmd`): register only the first copy.
-    try:
-        from tensorflow_datasets.core import registered
-    except ImportError:  # pragma: no cover
-        return False
-    return name in getattr(registered, "_DATASET_REGISTRY", {})
+    return name in tfds.list_builders(with_community_datasets=False)
+
+
+# The mock configs' writer, set by the package that provides it (`import keras_dmdiff`
+# sets `keras_dmdiff.mock.write_cmd_files`), so this builder imports nothing of it.
+_mock_writer = None
+
+
+def set_mock_writer(writer) -> None:
+    """Sets the function the `mock_*` configs write their CMD files with.
+
+    Args:
+        writer: called as `writer(folder, suite, set_name=..., num_sims=..., grid_size=...,
+            map_size=..., box_size=..., num_steps=..., workers=..., seed=..., progress=...)`,
+            writing the three CMD files of `suite` and `set_name` into `folder`.
+    """
+    global _mock_writer
+    _mock_writer = writer
 
 
 class Builder(
@@ -448,14 +462,13 @@ Maps_Mcdm_IllustrisTNG_LH_z=0.00.npy and params_LH_IllustrisTNG.txt
             try:
                 folder = dl_manager.manual_dir
             except AssertionError as e:
-                folder = getattr(dl_manager, "_manual_dir", None)
+                # TFDS names the folder it searched in this message.
                 raise CmdFilesNotFoundError(
                     _files_message(
-                        folder,
+                        None,
                         cfg.suite,
                         cfg.set_name,
-                        "The manual directory is missing or empty "
-                        "(pass download_config=tfds.download.DownloadConfig(manual_dir=...)).",
+                        f"{e} (pass download_config=tfds.download.DownloadConfig(manual_dir=...)).",
                     )
                 ) from e
         files = read_cmd_files(folder, cfg.suite, cfg.set_name)
@@ -467,14 +480,12 @@ Maps_Mcdm_IllustrisTNG_LH_z=0.00.npy and params_LH_IllustrisTNG.txt
 
     def _write_mock_files(self, dl_manager) -> pathlib.Path:
         cfg = self.builder_config
-        try:
-            from keras_dmdiff.mock import write_cmd_files
-        except ImportError as e:
-            raise ImportError(
-                f"Config {cfg.name!r} generates mock maps with "
-                "`keras_dmdiff.mock.write_cmd_files`, which could not be imported: "
-                f"{e}. Install keras_dmdiff (pip install keras-dmdiff)."
-            ) from e
+        if _mock_writer is None:
+            raise RuntimeError(
+                f"Config {cfg.name!r} generates mock maps, and no mock writer is set: "
+                "`import keras_dmdiff` first (it sets keras_dmdiff.mock.write_cmd_files), or call "
+                "keras_dmdiff_datasets.camels_cmd.set_mock_writer."
+            )
         tag = (
             f"{cfg.suite}_{cfg.set_name}_n{cfg.num_simulations or 'all'}"
             f"_g{cfg.mock_grid_size}_s{cfg.mock_num_steps}_seed{cfg.mock_seed}"
@@ -483,7 +494,7 @@ Maps_Mcdm_IllustrisTNG_LH_z=0.00.npy and params_LH_IllustrisTNG.txt
         out_dir = pathlib.Path(os.fspath(dl_manager.download_dir)) / "camels_cmd_mock" / tag
         out_dir.mkdir(parents=True, exist_ok=True)
         workers = cfg.mock_workers or os.cpu_count() or 1
-        write_cmd_files(
+        _mock_writer(
             out_dir,
             cfg.suite,
             set_name=cfg.set_name,
