@@ -28,7 +28,7 @@ from keras_dmdiff import atomic_files
 def _sample_in_this_process(args):
     import keras
 
-    from keras_dmdiff.bench import peak_rss_gib
+    from keras_dmdiff.speed import peak_rss_gib
 
     model = keras.saving.load_model(args.model)
     stellar = np.load(args.stellar)

@@ -93,13 +93,14 @@ def profile_training_step(config=None):
     import keras
     import tensorflow as tf
 
-    from keras_dmdiff.bench import _random_maps, matmul_peak, network_flops
+    from keras_dmdiff.flops import matmul_peak, network_flops
+    from keras_dmdiff.speed import random_maps
     from keras_dmdiff.models import VariationalDiffusion, network_from_preset
 
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError("The step profile reads TensorFlow's profiler: run it with KERAS_BACKEND=tensorflow.")
     config = config or ProfileConfig()
-    stars, dm = _random_maps(config.batch_size, config.crop_size)
+    stars, dm = random_maps(config.batch_size, config.crop_size)
     keras.utils.set_random_seed(0)
     model = VariationalDiffusion(
         network=network_from_preset(config.preset), seed=0, prediction=config.prediction,

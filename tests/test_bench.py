@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dmdiff import bench
+from keras_dmdiff import bench, flops, sampler_quality, speed
 from keras_dmdiff.models import CircularConv2D, SelfAttention, VariationalDiffusion, network_from_preset
 from keras_dmdiff.recipes import load_recipe
 
@@ -17,21 +17,21 @@ BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 def test_flop_count_matches_hand_counts_of_single_layers():
     # 2 FLOPs per multiply-add: outputs x kernel taps x C_in x C_out.
     conv = keras.layers.Conv2D(8, 3, padding="same")
-    assert bench.count_flops(conv, (1, 16, 16, 4))["total"] == 2 * 16 * 16 * 3 * 3 * 4 * 8
+    assert flops.count_flops(conv, (1, 16, 16, 4))["total"] == 2 * 16 * 16 * 3 * 3 * 4 * 8
     # A circular conv counts its H x W outputs, not the padded ones, on both backends.
     circular = CircularConv2D(8, 3)
-    assert bench.count_flops(circular, (2, 16, 16, 4))["total"] == 2 * 2 * 16 * 16 * 3 * 3 * 4 * 8
+    assert flops.count_flops(circular, (2, 16, 16, 4))["total"] == 2 * 2 * 16 * 16 * 3 * 3 * 4 * 8
     strided = keras.layers.Conv2D(6, 2, strides=2)
-    assert bench.count_flops(strided, (1, 16, 16, 4))["total"] == 2 * 8 * 8 * 2 * 2 * 4 * 6
+    assert flops.count_flops(strided, (1, 16, 16, 4))["total"] == 2 * 8 * 8 * 2 * 2 * 4 * 6
     transposed = keras.layers.Conv2DTranspose(6, 2, strides=2)
-    assert bench.count_flops(transposed, (1, 8, 8, 4))["total"] == 2 * 8 * 8 * 2 * 2 * 4 * 6
+    assert flops.count_flops(transposed, (1, 8, 8, 4))["total"] == 2 * 8 * 8 * 2 * 2 * 4 * 6
     dense = keras.layers.Dense(5)
-    assert bench.count_flops(dense, (3, 7))["total"] == 2 * 3 * 7 * 5
+    assert flops.count_flops(dense, (3, 7))["total"] == 2 * 3 * 7 * 5
     # Attention: qkv (3C) and projection (C) dense layers + Q K^T and A V.
     tokens, channels = 4 * 4, 8
     attention = SelfAttention(groups=4)
     expected = 2 * tokens * channels * (3 * channels) + 2 * tokens * channels * channels + 4 * tokens**2 * channels
-    assert bench.count_flops(attention, (1, 4, 4, channels))["total"] == expected
+    assert flops.count_flops(attention, (1, 4, 4, channels))["total"] == expected
 
 
 def test_network_flops_scale_with_area_and_batch():
@@ -39,7 +39,7 @@ def test_network_flops_scale_with_area_and_batch():
 
     def by_type(size, batch=1):
         shape = (batch, size, size, 1)
-        return bench.count_flops(network, [shape, shape, (batch,)], training=False)["by_type"]
+        return flops.count_flops(network, [shape, shape, (batch,)], training=False)["by_type"]
 
     small, large, batched = by_type(16), by_type(32), by_type(16, batch=3)
     assert set(small) == {"CircularConv2D", "Conv2D", "Conv2DTranspose", "Dense"}
@@ -49,11 +49,11 @@ def test_network_flops_scale_with_area_and_batch():
         assert large[kind] == 4 * small[kind]
     assert large["Dense"] == small["Dense"]
     assert batched == {kind: 3 * flops for kind, flops in small.items()}
-    assert bench.network_flops(network, 16) == sum(small.values())
+    assert flops.network_flops(network, 16) == sum(small.values())
 
 
 def test_matmul_peak_is_positive():
-    peak = bench.matmul_peak(size=128, repeats=2)
+    peak = flops.matmul_peak(size=128, repeats=2)
     assert peak["gflops"] > 0 and peak["size"] == 128 and peak["repeats"] == 2
 
 
@@ -87,7 +87,7 @@ def test_run_bench_table_has_every_field_and_json_round_trips(tmp_path, capsys):
         assert row["parameters"] > 0 and row["sampler"] == "ddim" and row["sampling_steps"] == 2
     # FLOPs come from the worker's own count.
     assert result["rows"][0]["forward_gflop"] * 1e9 == pytest.approx(
-        bench.network_flops(network_from_preset("tiny"), 16)
+        flops.network_flops(network_from_preset("tiny"), 16)
     )
     assert result["quality"] is None
     (large,) = result["large_map"]
@@ -107,7 +107,7 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
     model = VariationalDiffusion(network=network_from_preset("tiny"), seed=0)
     model.build()
     model.save(tmp_path / "model.keras")
-    stellar, dark = bench._random_maps(3, 16, seed=1)
+    stellar, dark = speed.random_maps(3, 16, seed=1)
     np.savez(tmp_path / "held_out.npz", stellar_mass=stellar, dark_matter=dark)
     # Through the worker's entry point: loading, three samplers x two step counts, a convergence check, JSON out.
     bench._worker_main(
@@ -133,7 +133,7 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
     assert abs(quality["rows"][7]["mean_power_ratio_difference"]) < 1e-3
     assert quality["rows"][-1]["convergence_check"] is True
     for row in quality["rows"]:
-        assert set(row) - {"convergence_check"} == set(bench.QUALITY_FIELDS)
+        assert set(row) - {"convergence_check"} == set(sampler_quality.QUALITY_FIELDS)
         assert row["error"] is None
         assert row["power_ratio_error_vs_reference"] >= 0 and row["pdf_distance_vs_reference"] >= 0
         assert row["mean_power_ratio_difference_se"] >= 0
@@ -165,7 +165,7 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
 
 def test_quality_needs_two_samples_and_both_inputs():
     with pytest.raises(ValueError, match="num_samples"):
-        bench.quality_vs_steps(None, np.zeros((1, 16, 16)), np.ones((1, 16, 16)), num_samples=1)
+        sampler_quality.quality_vs_steps(None, np.zeros((1, 16, 16)), np.ones((1, 16, 16)), num_samples=1)
     with pytest.raises(ValueError, match="both"):
         bench.run_bench(preset="tiny", quality_model="model.keras")
 
@@ -175,14 +175,14 @@ def test_load_quality_data_reads_npz_and_cmd_folders(tmp_path):
     from keras_dmdiff_datasets.camels_cmd.fake_cmd import write_fake_cmd_files
 
     write_fake_cmd_files(tmp_path / "cmd", "IllustrisTNG", "CV", num_simulations=2, maps_per_simulation=2)
-    stellar, dark = bench.load_quality_data(tmp_path / "cmd", max_maps=3, set_name="CV", crop_size=64)
+    stellar, dark = sampler_quality.load_quality_data(tmp_path / "cmd", max_maps=3, set_name="CV", crop_size=64)
     assert stellar.shape == dark.shape == (3, 64, 64) and stellar.dtype == np.float32
     np.savez(tmp_path / "maps.npz", stellar_mass=stellar, dark_matter=dark)
-    again = bench.load_quality_data(tmp_path / "maps.npz", max_maps=2)
+    again = sampler_quality.load_quality_data(tmp_path / "maps.npz", max_maps=2)
     np.testing.assert_array_equal(again[1], dark[:2])
     np.savez(tmp_path / "bad.npz", stellar_mass=stellar)
     with pytest.raises(ValueError, match="dark_matter"):
-        bench.load_quality_data(tmp_path / "bad.npz")
+        sampler_quality.load_quality_data(tmp_path / "bad.npz")
 
 
 @pytest.mark.backend_independent
@@ -200,7 +200,7 @@ def test_paper_network_costs_68_gflop_at_256():
     # The reference network: ~68 GFLOP per 256x256 forward pass (the count is the same
     # on both backends; building the 32.7 M-parameter network is cheapest on TF).
     network = network_from_preset("paper")
-    assert bench.network_flops(network, 256) / 1e9 == pytest.approx(68.0, abs=0.5)
+    assert flops.network_flops(network, 256) / 1e9 == pytest.approx(68.0, abs=0.5)
 
 
 @pytest.mark.backend_independent
@@ -211,9 +211,9 @@ def test_a_worker_reports_its_own_peak_memory_not_its_parents():
 
     # Raise this process's high-water mark by ~1 GiB more than a small child could reach.
     ballast = np.ones(2**28, np.float32)  # 1 GiB, touched
-    parent_peak = bench.peak_rss_gib()
+    parent_peak = speed.peak_rss_gib()
     child = subprocess.run(
-        [sys.executable, "-c", "from keras_dmdiff.bench import peak_rss_gib; print(peak_rss_gib())"],
+        [sys.executable, "-c", "from keras_dmdiff.speed import peak_rss_gib; print(peak_rss_gib())"],
         capture_output=True,
         text=True,
         check=True,
