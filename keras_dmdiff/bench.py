@@ -46,7 +46,7 @@ Example:
     >>> result["rows"][0]["forward_fraction_of_peak"]   # doctest: +SKIP
 """
 
-import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -98,15 +98,126 @@ ROW_FIELDS = (
 _JSON_PREFIX = "DMDIFF_BENCH_JSON "
 
 
+@dataclasses.dataclass
+class BenchConfig:
+    """What `dmdiff bench` measures (the keys of a recipe's bench step, the flags of `dmdiff bench`).
+
+    Args:
+        preset: network preset ("paper": 32.7 M parameters; "cpu"; "tiny").
+        sizes: map sizes (H = W), multiples of the network's stride.
+        repeats: timed calls per measurement (the median is reported).
+        backends: Keras backends, each measured in its own worker processes.
+        batch_size: maps per training step and per sampler network call.
+        quality_model: a `.keras` VariationalDiffusion for the quality table
+            (None: no quality table).
+        quality_data: held-out maps, required with `quality_model`: an .npz
+            ("stellar_mass", "dark_matter", [M, H, W] physical) or a folder of
+            CMD files (see `load_quality_data`).
+        sampler, sampling_steps, num_samples: the sampling-throughput
+            measurement (one map, `num_samples` samples per timed call).
+        network_overrides: keyword overrides of the preset.
+        process_per_size: one worker process per (backend, size), so peak
+            memory is per size; False: one per backend (faster; the peak
+            memory is then cumulative over the sizes measured so far).
+        matmul_size: n of the n^3 matmul peak measurement.
+        samplers, quality_steps: samplers and step counts of the quality table.
+        reference_steps, reference_sampler: the quality reference (250-step
+            ancestral sampling, the reference method).
+        quality_samples: posterior samples per held-out map.
+        quality_maps: held-out maps used (the first ones; None: all).
+        quality_crop: crop the held-out maps to this size (None: whole maps).
+        quality_suite, quality_set: CMD files to read when `quality_data` is a folder.
+        quality_backend: backend of the quality worker.
+        quality_batch_size: maps per network call while sampling for quality.
+        quality_converged_steps: also run the reference sampler with this many
+            steps, to show how far the reference is from its converged limit.
+        quality_coupled: pair every quality row's noise with the reference's
+            (see `quality_vs_steps`).
+        quality_noise_floor: also redraw the reference with another seed.
+        quality_random_shifts: None for `model.sample`'s default, or a bool.
+        quality_ddim_etas: also rows of stochastic DDIM with these `eta`.
+        large_map_size: side of the large map sampled through tiles, per
+            backend, for its peak memory (0 or None: skip).
+        large_map_tile, large_map_margin: its tile cores and their margin.
+        large_map_steps: its sampler steps per timed call.
+        timeout: seconds allowed to each worker process (None: no limit).
+
+    Example:
+        >>> config = BenchConfig(preset="tiny", sizes=[32])
+        >>> BenchConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+        True
+    """
+
+    preset: str = "paper"
+    sizes: list = dataclasses.field(default_factory=lambda: list(DEFAULT_SIZES))
+    repeats: int = 5
+    backends: list = dataclasses.field(default_factory=lambda: list(DEFAULT_BACKENDS))
+    batch_size: int = 4
+    quality_model: str | None = None
+    quality_data: str | None = None
+    sampler: str = "ddim"
+    sampling_steps: int = 10
+    num_samples: int = 1
+    network_overrides: dict = dataclasses.field(default_factory=dict)
+    process_per_size: bool = True
+    matmul_size: int = 2048
+    samplers: list = dataclasses.field(default_factory=lambda: list(DEFAULT_SAMPLERS))
+    quality_steps: list = dataclasses.field(default_factory=lambda: list(DEFAULT_QUALITY_STEPS))
+    reference_steps: int = 250
+    reference_sampler: str = "ancestral"
+    quality_samples: int = 8
+    quality_maps: int | None = 4
+    quality_crop: int | None = None
+    quality_suite: str = "IllustrisTNG"
+    quality_set: str = "CV"
+    quality_backend: str = "tensorflow"
+    quality_batch_size: int = 16
+    quality_converged_steps: int | None = None
+    quality_coupled: bool = True
+    quality_noise_floor: bool = True
+    quality_random_shifts: bool | None = None
+    quality_ddim_etas: list = dataclasses.field(default_factory=list)
+    large_map_size: int | None = 2048
+    large_map_tile: int = 256
+    large_map_margin: int = 32
+    large_map_steps: int = 1
+    timeout: float | None = None
+
+    def __post_init__(self):
+        # Sequences as lists, paths as strings: the config travels to the workers as JSON.
+        for name in ("sizes", "backends", "samplers", "quality_steps", "quality_ddim_etas"):
+            setattr(self, name, list(getattr(self, name)))
+        self.sizes = [int(size) for size in self.sizes]
+        for name in ("quality_model", "quality_data"):
+            if getattr(self, name) is not None:
+                setattr(self, name, os.fspath(getattr(self, name)))
+        self.network_overrides = dict(self.network_overrides or {})
+        if (self.quality_model is None) != (self.quality_data is None):
+            raise ValueError("Give both quality_model and quality_data, or neither.")
+
+    @classmethod
+    def from_dict(cls, values):
+        """A config from a dict of its fields; an unknown key is an error naming it."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"Unknown bench settings {unknown}; known: {names}.")
+        return cls(**values)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
 # ----------------------------------------------------------------- workers
-def _run_worker(backend, arguments, timeout=None):
-    """Runs `python -m keras_dmdiff.bench --worker ...` under `backend`; returns its JSON or an error."""
+def _run_worker(backend, kind, config, sizes=()):
+    """Runs `python -m keras_dmdiff.bench --worker KIND CONFIG_JSON` under `backend`; returns its JSON or an error."""
     env = dict(os.environ, KERAS_BACKEND=backend)
-    command = [sys.executable, "-m", "keras_dmdiff.bench", "--worker", *arguments]
+    payload = json.dumps({"config": config.to_dict(), "sizes": [int(size) for size in sizes]})
+    command = [sys.executable, "-m", "keras_dmdiff.bench", "--worker", kind, payload]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=config.timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
+        return {"error": f"timed out after {config.timeout} s"}
     for line in reversed(result.stdout.splitlines()):
         if line.startswith(_JSON_PREFIX):
             return json.loads(line[len(_JSON_PREFIX) :])
@@ -115,91 +226,66 @@ def _run_worker(backend, arguments, timeout=None):
 
 
 def _worker_main(argv):
-    parser = argparse.ArgumentParser(prog="python -m keras_dmdiff.bench --worker")
-    parser.add_argument("kind", choices=("speed", "quality", "large_map"))
-    parser.add_argument("--preset", default="paper")
-    parser.add_argument("--sizes", default="64")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--sampler", default="ddim")
-    parser.add_argument("--sampling-steps", type=int, default=10)
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--network", default="{}", help="JSON preset overrides")
-    parser.add_argument("--model")
-    parser.add_argument("--data")
-    parser.add_argument("--max-maps", type=int)
-    parser.add_argument("--suite", default="IllustrisTNG")
-    parser.add_argument("--set", dest="set_name", default="CV")
-    parser.add_argument("--crop-size", type=int)
-    parser.add_argument("--samplers", default=",".join(DEFAULT_SAMPLERS))
-    parser.add_argument("--steps", default=",".join(map(str, DEFAULT_QUALITY_STEPS)))
-    parser.add_argument("--reference-steps", type=int, default=250)
-    parser.add_argument("--reference-sampler", default="ancestral")
-    parser.add_argument("--converged-steps", type=int)
-    parser.add_argument("--independent", action="store_true", help="no coupled noise between rows")
-    parser.add_argument("--no-noise-floor", action="store_true")
-    parser.add_argument("--random-shifts", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--ddim-etas", default="")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--tile-size", type=int, default=256)
-    parser.add_argument("--tile-margin", type=int, default=32)
-    args = parser.parse_args(argv)
-
-    if args.kind == "speed":
+    """A worker: `argv` is [kind, JSON of {"config": BenchConfig fields, "sizes": [...]}]; prints its JSON."""
+    kind, payload = argv
+    if kind not in ("speed", "quality", "large_map"):
+        raise ValueError(f"Unknown bench worker {kind!r}; expected speed, quality or large_map.")
+    payload = json.loads(payload)
+    config = BenchConfig.from_dict(payload["config"])
+    if kind == "speed":
         rows = []
-        for size in [int(s) for s in args.sizes.split(",") if s]:
+        for size in payload["sizes"]:
             try:
                 rows.append(
                     measure_speed(
-                        preset=args.preset,
+                        preset=config.preset,
                         size=size,
-                        repeats=args.repeats,
-                        batch_size=args.batch_size,
-                        sampler=args.sampler,
-                        sampling_steps=args.sampling_steps,
-                        num_samples=args.num_samples,
-                        network_overrides=json.loads(args.network),
+                        repeats=config.repeats,
+                        batch_size=config.batch_size,
+                        sampler=config.sampler,
+                        sampling_steps=config.sampling_steps,
+                        num_samples=config.num_samples,
+                        network_overrides=config.network_overrides,
                     )
                 )
             except Exception as error:  # noqa: BLE001 - reported in the table, the run goes on
                 rows.append({"size": size, "error": f"{type(error).__name__}: {error}"})
         output = {"rows": rows}
-    elif args.kind == "large_map":
+    elif kind == "large_map":
         output = measure_large_map(
-            preset=args.preset,
-            size=args.size,
-            tile_size=args.tile_size,
-            tile_margin=args.tile_margin,
-            tile_batch=args.batch_size,
-            num_steps=args.sampling_steps,
-            sampler=args.sampler,
-            model_path=args.model,
-            network_overrides=json.loads(args.network),
+            preset=config.preset,
+            size=config.large_map_size,
+            tile_size=config.large_map_tile,
+            tile_margin=config.large_map_margin,
+            tile_batch=1,
+            num_steps=config.large_map_steps,
+            sampler=config.sampler,
+            network_overrides=config.network_overrides,
         )
     else:
         import keras
 
         import keras_dmdiff  # noqa: F401 - registers the model classes
 
-        model = keras.saving.load_model(args.model)
-        stellar, dark = load_quality_data(args.data, args.max_maps, args.suite, args.set_name, args.crop_size)
+        model = keras.saving.load_model(config.quality_model)
+        stellar, dark = load_quality_data(
+            config.quality_data, config.quality_maps, config.quality_suite, config.quality_set, config.quality_crop
+        )
         output = quality_vs_steps(
             model,
             stellar,
             dark,
-            samplers=[s for s in args.samplers.split(",") if s],
-            steps=[int(s) for s in args.steps.split(",") if s],
-            reference_steps=args.reference_steps,
-            reference_sampler=args.reference_sampler,
-            num_samples=args.num_samples,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            noise_floor=not args.no_noise_floor,
-            coupled=not args.independent,
-            converged_steps=args.converged_steps,
-            random_shifts=args.random_shifts,
-            ddim_etas=[float(eta) for eta in args.ddim_etas.split(",") if eta],
+            samplers=config.samplers,
+            steps=config.quality_steps,
+            reference_steps=config.reference_steps,
+            reference_sampler=config.reference_sampler,
+            num_samples=config.quality_samples,
+            batch_size=config.quality_batch_size,
+            noise_floor=config.quality_noise_floor,
+            coupled=config.quality_coupled,
+            converged_steps=config.quality_converged_steps,
+            random_shifts=config.quality_random_shifts,
+            ddim_etas=config.quality_ddim_etas,
         )
         output["backend"] = keras.backend.backend()
     print(_JSON_PREFIX + json.dumps(json_safe(output)), flush=True)
@@ -353,88 +439,14 @@ def format_table(result):
     return "\n".join(lines)
 
 
-def run_bench(
-    preset="paper",
-    sizes=DEFAULT_SIZES,
-    repeats=5,
-    backends=DEFAULT_BACKENDS,
-    batch_size=4,
-    json_path=None,
-    quality_model=None,
-    quality_data=None,
-    *,
-    sampler="ddim",
-    sampling_steps=10,
-    num_samples=1,
-    network_overrides=None,
-    process_per_size=True,
-    matmul_size=2048,
-    samplers=DEFAULT_SAMPLERS,
-    quality_steps=DEFAULT_QUALITY_STEPS,
-    reference_steps=250,
-    reference_sampler="ancestral",
-    quality_samples=8,
-    quality_maps=4,
-    quality_crop=None,
-    quality_suite="IllustrisTNG",
-    quality_set="CV",
-    quality_backend="tensorflow",
-    quality_batch_size=16,
-    quality_converged_steps=None,
-    quality_coupled=True,
-    quality_noise_floor=True,
-    quality_random_shifts=None,
-    quality_ddim_etas=(),
-    large_map_size=2048,
-    large_map_tile=256,
-    large_map_margin=32,
-    large_map_steps=1,
-    timeout=None,
-    verbose=True,
-):
+def run_bench(config=None, *, json_path=None, verbose=True, **settings):
     """Measures speed, memory and (optionally) sampling quality; prints a table; returns a dict.
 
     Args:
-        preset: network preset ("paper": 32.7 M parameters; "cpu"; "tiny").
-        sizes: map sizes (H = W), multiples of the network's stride.
-        repeats: timed calls per measurement (the median is reported).
-        backends: Keras backends, each measured in its own worker processes.
-        batch_size: maps per training step and per sampler network call.
+        config: a `BenchConfig` (or its dict); None: one made of `settings`.
         json_path: also write the result as JSON here.
-        quality_model: a `.keras` VariationalDiffusion for the quality table
-            (None: no quality table).
-        quality_data: held-out maps, required with `quality_model`: an .npz
-            ("stellar_mass", "dark_matter", [M, H, W] physical) or a folder of
-            CMD files (see `load_quality_data`).
-        sampler, sampling_steps, num_samples: the sampling-throughput
-            measurement (one map, `num_samples` samples per timed call).
-        network_overrides: keyword overrides of the preset.
-        process_per_size: one worker process per (backend, size), so peak
-            memory is per size; False: one per backend (faster; the peak
-            memory is then cumulative over the sizes measured so far).
-        matmul_size: n of the n^3 matmul peak measurement.
-        samplers, quality_steps: samplers and step counts of the quality table.
-        reference_steps, reference_sampler: the quality reference (250-step
-            ancestral sampling, the reference method).
-        quality_samples: posterior samples per held-out map.
-        quality_maps: held-out maps used (the first ones; None: all).
-        quality_crop: crop the held-out maps to this size (None: whole maps).
-        quality_suite, quality_set: CMD files to read when `quality_data` is a folder.
-        quality_backend: backend of the quality worker.
-        quality_batch_size: maps per network call while sampling for quality.
-        quality_converged_steps: also run the reference sampler with this many
-            steps, to show how far the reference is from its converged limit.
-        quality_coupled: pair every quality row's noise with the reference's
-            (see `quality_vs_steps`).
-        quality_noise_floor: also redraw the reference with another seed.
-        quality_random_shifts: None for `model.sample`'s default, or a bool.
-        quality_ddim_etas: also rows of stochastic DDIM with these `eta`.
-        large_map_size: side of the large map sampled through tiles, per
-            backend, for its peak memory (0 or None: skip).
-        large_map_tile, large_map_margin: its tile cores and their margin.
-        large_map_steps: its sampler steps per timed call.
-        timeout: seconds allowed to each worker process (None: no limit).
         verbose: print the table (and progress).
+        **settings: `BenchConfig` fields, for short calls without a config.
 
     Returns:
         dict: "machine" (platform, cores, versions), "settings", "matmul_peak"
@@ -445,41 +457,39 @@ def run_bench(
     Example:
         >>> result = run_bench(preset="tiny", sizes=(16, 32), repeats=1, json_path="bench.json")  # doctest: +SKIP
     """
-    sizes = [int(size) for size in sizes]
-    backends = list(backends)
-    if (quality_model is None) != (quality_data is None):
-        raise ValueError("Give both quality_model and quality_data, or neither.")
+    if isinstance(config, dict):
+        config = BenchConfig.from_dict(config)
+    if config is None:
+        config = BenchConfig.from_dict(settings)
+    elif settings:
+        raise ValueError("Give a BenchConfig or its fields as keywords, not both.")
+    c = config
     settings = {
-        "preset": preset,
-        "sizes": sizes,
-        "repeats": int(repeats),
-        "backends": backends,
-        "batch_size": int(batch_size),
-        "sampler": sampler,
-        "sampling_steps": int(sampling_steps),
-        "num_samples": int(num_samples),
-        "network_overrides": network_overrides or {},
-        "process_per_size": bool(process_per_size),
-        "large_map": {"size": large_map_size, "tile": large_map_tile, "margin": large_map_margin},
+        "preset": c.preset,
+        "sizes": c.sizes,
+        "repeats": int(c.repeats),
+        "backends": c.backends,
+        "batch_size": int(c.batch_size),
+        "sampler": c.sampler,
+        "sampling_steps": int(c.sampling_steps),
+        "num_samples": int(c.num_samples),
+        "network_overrides": c.network_overrides,
+        "process_per_size": bool(c.process_per_size),
+        "large_map": {"size": c.large_map_size, "tile": c.large_map_tile, "margin": c.large_map_margin},
         "flop_convention": "2 per multiply-add of convolutions, dense layers and attention matmuls; "
         f"training step = {TRAIN_FLOPS_PER_FORWARD:g} x forward",
     }
     say = print if verbose else (lambda *a, **k: None)
-    say(f"[bench] float32 matmul peak ({matmul_size}^3) ...", flush=True)
-    peak = matmul_peak(matmul_size, repeats)
+    say(f"[bench] float32 matmul peak ({c.matmul_size}^3) ...", flush=True)
+    peak = matmul_peak(c.matmul_size, c.repeats)
     say(f"[bench] {peak['gflops']:.1f} GFLOP/s", flush=True)
 
-    common = [
-        "--preset", preset, "--repeats", str(repeats), "--batch-size", str(batch_size),
-        "--sampler", sampler, "--sampling-steps", str(sampling_steps), "--num-samples", str(num_samples),
-        "--network", json.dumps(network_overrides or {}),
-    ]  # fmt: skip
-    groups = [[size] for size in sizes] if process_per_size else [sizes]
+    groups = [[size] for size in c.sizes] if c.process_per_size else [c.sizes]
     rows = []
-    for backend in backends:
+    for backend in c.backends:
         for group in groups:
             say(f"[bench] {backend} {','.join(map(str, group))} ...", flush=True)
-            output = _run_worker(backend, ["speed", "--sizes", ",".join(map(str, group)), *common], timeout)
+            output = _run_worker(backend, "speed", c, sizes=group)
             worker_rows = output.get("rows") or [{"size": size, "error": output.get("error")} for size in group]
             for row in worker_rows:
                 full = {field: None for field in ROW_FIELDS}
@@ -491,46 +501,20 @@ def run_bench(
                 rows.append(full)
 
     large_map = []
-    if large_map_size:
-        for backend in backends:
-            say(f"[bench] {backend} one {large_map_size}x{large_map_size} map in {large_map_tile}-pixel tiles ...", flush=True)
-            arguments = [
-                "large_map", "--preset", preset, "--network", json.dumps(network_overrides or {}),
-                "--size", str(large_map_size), "--tile-size", str(large_map_tile),
-                "--tile-margin", str(large_map_margin), "--batch-size", "1",
-                "--sampler", sampler, "--sampling-steps", str(large_map_steps),
-            ]  # fmt: skip
-            output = _run_worker(backend, arguments, timeout)
+    if c.large_map_size:
+        for backend in c.backends:
+            say(f"[bench] {backend} one {c.large_map_size}x{c.large_map_size} map in {c.large_map_tile}-pixel "
+                "tiles ...", flush=True)  # fmt: skip
+            output = _run_worker(backend, "large_map", c)
             output["backend"] = backend
-            output.setdefault("size", int(large_map_size))
+            output.setdefault("size", int(c.large_map_size))
             output.setdefault("error", None)
             large_map.append(output)
 
     quality = None
-    if quality_model is not None:
-        say(f"[bench] quality against steps ({quality_backend}) ...", flush=True)
-        arguments = [
-            "quality", "--model", str(quality_model), "--data", str(quality_data),
-            "--samplers", ",".join(samplers), "--steps", ",".join(map(str, quality_steps)),
-            "--reference-steps", str(reference_steps), "--reference-sampler", reference_sampler,
-            "--num-samples", str(quality_samples), "--batch-size", str(quality_batch_size),
-        ]  # fmt: skip
-        arguments += ["--suite", quality_suite, "--set", quality_set]
-        if quality_maps is not None:
-            arguments += ["--max-maps", str(quality_maps)]
-        if quality_crop is not None:
-            arguments += ["--crop-size", str(quality_crop)]
-        if quality_converged_steps:
-            arguments += ["--converged-steps", str(quality_converged_steps)]
-        if not quality_coupled:
-            arguments.append("--independent")
-        if not quality_noise_floor:
-            arguments.append("--no-noise-floor")
-        if quality_ddim_etas:
-            arguments += ["--ddim-etas", ",".join(map(str, quality_ddim_etas))]
-        if quality_random_shifts is not None:
-            arguments.append("--random-shifts" if quality_random_shifts else "--no-random-shifts")
-        quality = _run_worker(quality_backend, arguments, timeout)
+    if c.quality_model is not None:
+        say(f"[bench] quality against steps ({c.quality_backend}) ...", flush=True)
+        quality = _run_worker(c.quality_backend, "quality", c)
 
     import keras  # already imported by keras_dmdiff; only its version is read
 

@@ -296,33 +296,40 @@ def _run_export(args):
 
 
 def _add_bench(subparsers):
+    from keras_dmdiff.bench import BenchConfig
+
+    d = BenchConfig()
+
+    def listed(values):
+        return ",".join(map(str, values))
+
     parser = subparsers.add_parser(
         "bench",
         help="speed and memory benchmark table",
         description="Measure training and sampling throughput and peak memory at several map sizes, with "
-        "the machine's float32 matmul peak measured in the same run.",
+        "the machine's float32 matmul peak measured in the same run (keras_dmdiff.bench.BenchConfig).",
     )
-    parser.add_argument("--preset", default="paper", help="network preset")
-    parser.add_argument("--sizes", default="64,128,256", help="comma-separated map sizes")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--preset", default=d.preset, help="network preset")
+    parser.add_argument("--sizes", default=listed(d.sizes), help="comma-separated map sizes")
+    parser.add_argument("--repeats", type=int, default=d.repeats)
     parser.add_argument("--json", dest="json_path", help="also write the table as JSON here")
-    parser.add_argument("--backends", default="tensorflow,jax", help="comma-separated Keras backends")
-    parser.add_argument("--batch-size", type=int, default=4, help="maps per training step and sampler call")
-    parser.add_argument("--sampler", default="ddim", help="sampler of the sampling-throughput column")
-    parser.add_argument("--sampling-steps", type=int, default=10, help="its number of steps")
-    parser.add_argument("--num-samples", type=int, default=1, help="samples per timed sampling call")
+    parser.add_argument("--backends", default=listed(d.backends), help="comma-separated Keras backends")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="maps per training step and sampler call")
+    parser.add_argument("--sampler", default=d.sampler, help="sampler of the sampling-throughput column")
+    parser.add_argument("--sampling-steps", type=int, default=d.sampling_steps, help="its number of steps")
+    parser.add_argument("--num-samples", type=int, default=d.num_samples, help="samples per timed sampling call")
     parser.add_argument(
         "--one-process", action="store_true", help="one worker per backend instead of one per size (faster)"
     )
     parser.add_argument("--quality-model", help=".keras model: also measure quality against steps")
     parser.add_argument("--quality-data", help="held-out maps: .npz (stellar_mass, dark_matter) or a CMD folder")
-    parser.add_argument("--quality-set", default="CV", help="CMD set read from a --quality-data folder")
-    parser.add_argument("--quality-suite", default="IllustrisTNG", help="CMD suite read from a --quality-data folder")
+    parser.add_argument("--quality-set", default=d.quality_set, help="CMD set read from a --quality-data folder")
     parser.add_argument(
-        "--samplers", default="ancestral,ddim,dpm_solver_2m,dpm_solver_2m_sde", help="samplers of the quality table"
+        "--quality-suite", default=d.quality_suite, help="CMD suite read from a --quality-data folder"
     )
-    parser.add_argument("--quality-steps", default="10,25,50,125", help="step counts of the quality table")
-    parser.add_argument("--reference-steps", type=int, default=250, help="steps of the ancestral reference")
+    parser.add_argument("--samplers", default=listed(d.samplers), help="samplers of the quality table")
+    parser.add_argument("--quality-steps", default=listed(d.quality_steps), help="step counts of the quality table")
+    parser.add_argument("--reference-steps", type=int, default=d.reference_steps, help="steps of the ancestral reference")
     parser.add_argument(
         "--converged-steps", type=int, help="also run the reference sampler with this many steps (its own error)"
     )
@@ -335,33 +342,36 @@ def _add_bench(subparsers):
     parser.add_argument(
         "--quality-random-shifts",
         action=argparse.BooleanOptionalAction,
-        default=None,
+        default=d.quality_random_shifts,
         help="sample the quality table with (or without) random shifts (default: model.sample's default)",
     )
     parser.add_argument(
-        "--ddim-etas", default="", help="also quality rows of stochastic DDIM with these comma-separated eta"
+        "--ddim-etas", default=listed(d.quality_ddim_etas),
+        help="also quality rows of stochastic DDIM with these comma-separated eta",
     )
-    parser.add_argument("--quality-samples", type=int, default=8, help="posterior samples per held-out map")
-    parser.add_argument("--quality-maps", type=int, default=4, help="held-out maps used")
-    parser.add_argument("--quality-crop", type=int, help="crop held-out maps to this size")
+    parser.add_argument("--quality-samples", type=int, default=d.quality_samples, help="posterior samples per held-out map")
+    parser.add_argument("--quality-maps", type=int, default=d.quality_maps, help="held-out maps used")
+    parser.add_argument("--quality-crop", type=int, default=d.quality_crop, help="crop held-out maps to this size")
     parser.add_argument(
-        "--large-map-size", type=int, default=2048, help="one map this large sampled in tiles for its peak memory (0: skip)"
+        "--large-map-size", type=int, default=d.large_map_size,
+        help="one map this large sampled in tiles for its peak memory (0: skip)",
     )
-    parser.add_argument("--large-map-tile", type=int, default=256, help="its tile cores")
-    parser.add_argument("--large-map-margin", type=int, default=32, help="context pixels around each tile")
+    parser.add_argument("--large-map-tile", type=int, default=d.large_map_tile, help="its tile cores")
+    parser.add_argument("--large-map-margin", type=int, default=d.large_map_margin, help="context pixels around each tile")
     parser.set_defaults(func=_run_bench)
 
 
 def _run_bench(args):
-    from keras_dmdiff.bench import run_bench
+    from keras_dmdiff.bench import BenchConfig, run_bench
 
-    sizes = [int(size) for size in args.sizes.split(",") if size]
-    run_bench(
+    def split(text, kind=str):
+        return [kind(item) for item in text.split(",") if item]
+
+    config = BenchConfig(
         preset=args.preset,
-        sizes=sizes,
+        sizes=split(args.sizes, int),
         repeats=args.repeats,
-        json_path=args.json_path,
-        backends=[b for b in args.backends.split(",") if b],
+        backends=split(args.backends),
         batch_size=args.batch_size,
         quality_model=args.quality_model,
         quality_data=args.quality_data,
@@ -369,8 +379,8 @@ def _run_bench(args):
         sampling_steps=args.sampling_steps,
         num_samples=args.num_samples,
         process_per_size=not args.one_process,
-        samplers=[s for s in args.samplers.split(",") if s],
-        quality_steps=[int(s) for s in args.quality_steps.split(",") if s],
+        samplers=split(args.samplers),
+        quality_steps=split(args.quality_steps, int),
         reference_steps=args.reference_steps,
         quality_samples=args.quality_samples,
         quality_maps=args.quality_maps,
@@ -381,11 +391,12 @@ def _run_bench(args):
         quality_coupled=not args.independent_noise,
         quality_noise_floor=not args.no_noise_floor,
         quality_random_shifts=args.quality_random_shifts,
-        quality_ddim_etas=[float(eta) for eta in args.ddim_etas.split(",") if eta],
+        quality_ddim_etas=split(args.ddim_etas, float),
         large_map_size=args.large_map_size,
         large_map_tile=args.large_map_tile,
         large_map_margin=args.large_map_margin,
     )
+    run_bench(config, json_path=args.json_path)
 
 
 def build_parser():

@@ -80,6 +80,10 @@ def _step_keys(kind):
         return {"kind", "out", "verbose"} | {field.name for field in dataclasses.fields(TrainConfig)}
     if kind == "evaluate":
         return _STEP_KEYS[kind] | _SAMPLING_KEYS | {"kind"}
+    if kind == "bench":
+        from keras_dmdiff.bench import BenchConfig
+
+        return {"kind", "out"} | {field.name for field in dataclasses.fields(BenchConfig)}
     keys = _STEP_KEYS.get(kind)
     return None if keys is None else keys | {"kind"}
 
@@ -199,18 +203,15 @@ def _step_ship(step, run_dir):
 
 
 def _step_bench(step, run_dir):
-    from keras_dmdiff.bench import run_bench
+    from keras_dmdiff.bench import BenchConfig, run_bench
 
     out = pathlib.Path(_resolve(run_dir, step.get("out", "bench.json")))
     if out.exists():
         return
-    settings = {k: v for k, v in step.items() if k not in ("kind", "out", "quality_model", "quality_data")}
-    run_bench(
-        json_path=out,
-        quality_model=_resolve(run_dir, step.get("quality_model")),
-        quality_data=_resolve(run_dir, step.get("quality_data")),
-        **settings,
-    )
+    settings = {k: v for k, v in step.items() if k not in ("kind", "out")}
+    for name in ("quality_model", "quality_data"):
+        settings[name] = _resolve(run_dir, step.get(name))
+    run_bench(BenchConfig.from_dict(settings), json_path=out)
 
 
 _STEPS = {

@@ -110,12 +110,12 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
     stellar, dark = speed.random_maps(3, 16, seed=1)
     np.savez(tmp_path / "held_out.npz", stellar_mass=stellar, dark_matter=dark)
     # Through the worker's entry point: loading, three samplers x two step counts, a convergence check, JSON out.
-    bench._worker_main(
-        ["quality", "--model", str(tmp_path / "model.keras"), "--data", str(tmp_path / "held_out.npz"),
-         "--samplers", "ancestral,ddim,dpm_solver_2m_sde", "--steps", "2,4", "--reference-steps", "4",
-         "--converged-steps", "8", "--num-samples", "2", "--batch-size", "4", "--max-maps", "2",
-         "--ddim-etas", "1"]
+    config = bench.BenchConfig(
+        quality_model=tmp_path / "model.keras", quality_data=tmp_path / "held_out.npz",
+        samplers=["ancestral", "ddim", "dpm_solver_2m_sde"], quality_steps=[2, 4], reference_steps=4,
+        quality_converged_steps=8, quality_samples=2, quality_batch_size=4, quality_maps=2, quality_ddim_etas=[1.0],
     )  # fmt: skip
+    bench._worker_main(["quality", json.dumps({"config": config.to_dict(), "sizes": []})])
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(bench._JSON_PREFIX)][-1]
     quality = json.loads(line[len(bench._JSON_PREFIX) :])
     assert quality["num_maps"] == 2 and quality["num_samples"] == 2
@@ -189,10 +189,10 @@ def test_load_quality_data_reads_npz_and_cmd_folders(tmp_path):
 def test_bench_recipe_is_a_known_step_kind():
     recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "recipes", "bench.toml"))
     step = [s for s in recipe["steps"] if s["kind"] == "bench"][0]
-    import inspect
-
-    accepted = set(inspect.signature(bench.run_bench).parameters)
-    assert set(step) - {"kind", "out"} <= accepted
+    config = bench.BenchConfig.from_dict({k: v for k, v in step.items() if k not in ("kind", "out")})
+    assert config.quality_maps == step["quality_maps"] and config.sizes == step["sizes"]
+    with pytest.raises(ValueError, match=r"Unknown bench settings \['quality_mapz'\]"):
+        bench.BenchConfig.from_dict({"quality_mapz": 3})
 
 
 @pytest.mark.backend_independent
