@@ -66,6 +66,7 @@ from keras_dmdiff.sampler_quality import (
     load_quality_data,
     quality_vs_steps,
 )
+from keras_dmdiff.settings import from_fields
 from keras_dmdiff.speed import measure_large_map, measure_speed
 
 DEFAULT_SIZES = (64, 128, 256)
@@ -198,11 +199,7 @@ class BenchConfig:
     @classmethod
     def from_dict(cls, values):
         """A config from a dict of its fields; an unknown key is an error naming it."""
-        names = [field.name for field in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(f"Unknown bench settings {unknown}; known: {names}.")
-        return cls(**values)
+        return from_fields(cls, values, "bench settings")
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -24,6 +24,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from keras_dmdiff.settings import from_fields
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingOptions:
@@ -75,11 +77,7 @@ class SamplingOptions:
     @classmethod
     def from_dict(cls, values):
         """Options from a dict of their fields (a recipe step, JSON); unknown keys are an error."""
-        names = [field.name for field in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(f"Unknown sampling options {unknown}; known: {names}.")
-        return cls(**values)
+        return from_fields(cls, values, "sampling options")
 
     def to_dict(self):
         return dataclasses.asdict(self)

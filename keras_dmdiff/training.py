@@ -33,6 +33,7 @@ from keras_dmdiff import atomic_files
 from keras_dmdiff.checkpoint import ResumableCheckpoint
 from keras_dmdiff.models import VariationalDiffusion, network_from_preset
 from keras_dmdiff.science_monitor import MonitorConfig, PosteriorMonitor
+from keras_dmdiff.settings import from_fields
 from keras_dmdiff.stats.power_spectrum import DEFAULT_BOX_SIZE
 from keras_dmdiff.transforms import MapTransform
 
@@ -105,11 +106,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values):
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"Unknown training settings {unknown}; known: {sorted(names)}.")
-        config = cls(**values)
+        config = from_fields(cls, values, "training settings")
         config.validate()
         return config
 
