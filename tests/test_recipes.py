@@ -89,3 +89,23 @@ def test_cross_suite_recipe_runs_end_to_end_and_resumes(tmp_path, capsys):
     recipe.write_text(recipe.read_text().replace("num_samples = 2", "num_samples = 3"))
     with pytest.raises(ValueError, match="another version of the recipe"):
         run_recipe(recipe, tmp_path / "run")
+
+
+@pytest.mark.backend_independent
+def test_recipes_are_read_without_tomllib_as_on_python_3_10(tmp_path, monkeypatch):
+    """Python 3.10 has no tomllib: recipes then read through tomli (a dependency there)."""
+    import importlib
+    import sys
+
+    import keras_dmdiff.recipes as recipes
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('description = "x"\n\n[[steps]]\nkind = "export"\nmodel = "m.keras"\n')
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now fails
+    try:
+        reloaded = importlib.reload(recipes)
+        assert reloaded.tomllib.__name__ == "tomli"
+        assert reloaded.load_recipe(recipe)["steps"][0]["model"] == "m.keras"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(recipes)
