@@ -28,6 +28,26 @@ def _read_history(path):
         return list(csv.DictReader(handle))
 
 
+def _float_or_none(value):
+    return float(value) if value not in (None, "") else None
+
+
+def _mean_network_facts(train_dir, config):
+    """The residual mode's regression U-Net: its steps, size and wall time (empty otherwise)."""
+    if not config.get("residual"):
+        return {}
+    done = json.loads((train_dir / "mean" / "done.json").read_text())
+    history = _read_history(train_dir / "mean" / "history.csv")
+    return {
+        "mean_network": {
+            "steps": config["mean_steps"],
+            "parameters": done.get("parameters"),
+            "final_val_mse": _float_or_none(history[-1].get("val_loss")),
+            "wall_time_s_last_session": done.get("wall_time_s_last_session"),
+        }
+    }
+
+
 def collect_card(run_dir, *, train="train", evaluation="evaluate", data_description="", limitations=()):
     """Gathers the facts of a run into a JSON-serialisable dict."""
     run_dir = pathlib.Path(run_dir)
@@ -53,11 +73,15 @@ def collect_card(run_dir, *, train="train", evaluation="evaluate", data_descript
             "batch_size": config["batch_size"],
             "learning_rate": config["learning_rate"],
             "ema_momentum": config["ema_momentum"],
-            "final_loss_bpd": float(last["loss"]),
-            "final_val_loss_bpd": float(last["val_loss"]) if last.get("val_loss") else None,
+            # The objective optimised, and the ELBO (bits per dimension) whatever it is.
+            "objective": f"{config.get('loss_weighting', 'elbo')} weighting, {config.get('prediction', 'eps')}-prediction",
+            "final_loss": float(last["loss"]),
+            "final_val_loss": _float_or_none(last.get("val_loss")),
+            "final_val_elbo_bpd": _float_or_none(last.get("val_elbo_bpd")),
             "wall_time_s_last_session": done.get("wall_time_s_last_session"),
             "backend": done.get("backend"),
             "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+            **_mean_network_facts(run_dir / train, config),
         },
         "evaluation": {
             "split": "test (held-out simulations)",
@@ -93,8 +117,8 @@ def render_card(card):
         "## Use",
         "",
         "```python",
-        "import keras, keras_dmdiff",
-        f'model = keras.saving.load_model("saved_models/{card["name"]}/model.keras")',
+        "from keras_dmdiff.posterior import load_posterior",
+        f'model = load_posterior("saved_models/{card["name"]}/model.keras")  # or its saved_model folder',
         "samples = model.sample(stellar_mass, num_samples=16, num_steps=100)  # physical maps [B, 16, H, W]",
         "```",
         "",
