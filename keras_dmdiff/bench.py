@@ -262,9 +262,9 @@ def _worker_main(argv):
     else:
         import keras
 
-        import keras_dmdiff  # noqa: F401 - registers the model classes
+        from keras_dmdiff.posterior import load_keras_posterior
 
-        model = keras.saving.load_model(config.quality_model)
+        model = load_keras_posterior(config.quality_model)
         stellar, dark = load_quality_data(
             config.quality_data, config.quality_maps, config.quality_suite, config.quality_set, config.quality_crop
         )

@@ -286,11 +286,10 @@ def _add_export(subparsers):
 
 
 def _run_export(args):
-    import keras
-
     from keras_dmdiff.export import export_saved_model
+    from keras_dmdiff.posterior import load_keras_posterior
 
-    model = keras.saving.load_model(args.model)
+    model = load_keras_posterior(args.model)
     export_saved_model(model, args.out, random_shifts=args.random_shifts)
     print(f"SavedModel: {args.out}")
 

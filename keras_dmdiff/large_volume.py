@@ -26,11 +26,10 @@ from keras_dmdiff import atomic_files
 
 
 def _sample_in_this_process(args):
-    import keras
-
+    from keras_dmdiff.posterior import load_keras_posterior
     from keras_dmdiff.speed import peak_rss_gib
 
-    model = keras.saving.load_model(args.model)
+    model = load_keras_posterior(args.model)
     stellar = np.load(args.stellar)
     tiling = {}
     if args.tile_size:

@@ -220,10 +220,15 @@ def load_posterior(path):
         return load_exported(path)
     if path.suffix != ".keras":
         raise ValueError(f"{path}: expected a .keras file or a SavedModel folder.")
-    return _load_keras_posterior(path)
+    return load_keras_posterior(path)
 
 
-def _load_keras_posterior(path):
+def load_keras_posterior(path):
+    """Loads a `.keras` `VariationalDiffusion` (to sample, export or bench), naming what is wrong otherwise.
+
+    Raises:
+        FileNotFoundError, ValueError: as `load_keras_file`.
+    """
     from keras_dmdiff.models import VariationalDiffusion
 
     return load_keras_file(path, VariationalDiffusion, "it cannot draw posterior samples")

@@ -31,7 +31,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 
 from keras_dmdiff import atomic_files
-from keras_dmdiff.posterior import SamplingOptions
+from keras_dmdiff.posterior import SamplingOptions, load_keras_posterior
 
 RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume", "cross_suite", "ship", "bench")
 
@@ -150,14 +150,12 @@ def _step_evaluate(step, run_dir):
 
 
 def _step_export(step, run_dir):
-    import keras
-
     from keras_dmdiff.export import export_saved_model
 
     out = pathlib.Path(_resolve(run_dir, step.get("out", "saved_model")))
     if (out / "saved_model.pb").exists():
         return
-    model = keras.saving.load_model(_resolve(run_dir, step.get("model", "train/model.keras")))
+    model = load_keras_posterior(_resolve(run_dir, step.get("model", "train/model.keras")))
     options = {"random_shifts": bool(step["random_shifts"])} if "random_shifts" in step else {}
     export_saved_model(model, out, samplers=tuple(step.get("samplers", ("ancestral", "ddim"))), **options)
 

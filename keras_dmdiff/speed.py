@@ -235,7 +235,9 @@ def measure_large_map(
 
     keras.utils.set_random_seed(0)
     if model_path is not None:
-        model = keras.saving.load_model(model_path)
+        from keras_dmdiff.posterior import load_keras_posterior
+
+        model = load_keras_posterior(model_path)
     else:
         model = VariationalDiffusion(network=network_from_preset(preset, **(network_overrides or {})), seed=0)
         model.build()
