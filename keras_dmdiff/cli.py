@@ -71,6 +71,8 @@ def _add_train(subparsers):
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--verbose", type=int, default=2, help="1: progress bar, 2: one line per epoch")
+    parser.add_argument("--mean-only", action="store_true",
+                        help="residual runs: train only the mean network (OUT/mean); rerun without it to go on")
     _add_time_limit(parser)
     parser.set_defaults(func=_run_train)
 
@@ -96,10 +98,10 @@ def _run_train(args):
     if args.recipe:
         settings.update(load_recipe(args.recipe).get("train", {}))
     settings.update(_parse_settings(args.settings))
-    if train(settings, args.out, verbose=args.verbose, time_limit_s=args.time_limit) is None:
+    if train(settings, args.out, verbose=args.verbose, time_limit_s=args.time_limit, mean_only=args.mean_only) is None:
         print(f"stopped by the time limit; rerun the same command to resume {args.out}")
         return
-    print(f"model: {pathlib.Path(args.out) / 'model.keras'}")
+    print(f"model: {pathlib.Path(args.out) / ('mean' if args.mean_only else '') / 'model.keras'}")
 
 
 def _add_time_limit(parser):

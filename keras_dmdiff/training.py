@@ -305,7 +305,7 @@ def _fit_transform(config, run_dir):
     return transform
 
 
-def train(config, run_dir, verbose="auto", time_limit_s=None):
+def train(config, run_dir, verbose="auto", time_limit_s=None, mean_only=False):
     """Trains (or resumes) the run described by `config` in `run_dir`.
 
     Args:
@@ -315,10 +315,16 @@ def train(config, run_dir, verbose="auto", time_limit_s=None):
         time_limit_s: None, or seconds of wall time for this call: training
             stops at the last epoch end that fits (a checkpoint) and returns
             None; calling again resumes there. Not part of the configuration.
+        mean_only: a residual run's mean network alone: train (or resume)
+            `run_dir/mean` and return that RegressionUNet. A later call
+            without it goes on to the diffusion model of the same run, so
+            ablations of the mean network are cheap to measure. Not part of
+            the configuration.
 
     Returns:
         The trained VariationalDiffusion (loaded from run_dir/model.keras when
-        the run had already finished), or None when `time_limit_s` stopped it.
+        the run had already finished), the RegressionUNet with `mean_only`,
+        or None when `time_limit_s` stopped it.
 
     Example:
         >>> model = train({"preset": "tiny", "steps": 100, "steps_per_epoch": 50}, "runs/tiny")  # doctest: +SKIP
@@ -326,6 +332,8 @@ def train(config, run_dir, verbose="auto", time_limit_s=None):
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     config.validate()
+    if mean_only and not config.residual:
+        raise ValueError("`mean_only` trains a residual run's mean network: set `residual = true`.")
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final_path = run_dir / "model.keras"
@@ -351,8 +359,8 @@ def train(config, run_dir, verbose="auto", time_limit_s=None):
     mean_network = None
     if config.residual:
         mean_network = _train_mean_network(config, run_dir / "mean", transform, verbose, deadline)
-        if mean_network is None:
-            return None
+        if mean_network is None or mean_only:
+            return mean_network
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, mean_network)
     model.transform = transform

@@ -28,9 +28,10 @@ def test_fully_convolutional_on_several_sizes():
         assert unet([z, c, g]).shape == (2, size, size, 1)
 
 
-def test_periodic_shift_equivariance():
+@pytest.mark.parametrize("resampling", ["strided", "bilinear"])
+def test_periodic_shift_equivariance(resampling):
     # Shifts by multiples of the stride commute with the whole periodic network.
-    unet = network_from_preset("tiny", attention_levels=[1])
+    unet = network_from_preset("tiny", attention_levels=[1], resampling=resampling)
     unet.build(None)
     for layer in unet._flatten_layers():
         if getattr(layer, "name", "") in ("conv_out", "projection"):
@@ -50,13 +51,16 @@ def test_output_starts_as_z_t_skip():
 
 
 def test_config_round_trip_and_bad_widths():
-    unet = network_from_preset("tiny", fourier_features=[6, 7], attention_levels=[0])
+    unet = network_from_preset("tiny", fourier_features=[6, 7], attention_levels=[0], resampling="bilinear")
     again = ConditionalUNet.from_config(unet.get_config())
     assert again.get_config() == unet.get_config()
+    assert again.resampling == "bilinear"
     z, c, g = inputs(16)
     assert again([z, c, g]).shape == (2, 16, 16, 1)
     with pytest.raises(ValueError, match="divisible by groups"):
         ConditionalUNet(widths=(12, 16), groups=8)
+    with pytest.raises(ValueError, match="Unknown resampling"):
+        ConditionalUNet(widths=(8, 16), resampling="nearest")
 
 
 def randomise(network, seed=1):

@@ -4,12 +4,14 @@ import pytest
 from keras import ops
 
 from keras_dmdiff.models.layers import (
+    BilinearUpsample,
     CircularConv2D,
     FourierFeatures,
     GammaEmbedding,
     GroupNorm,
     ResidualBlock,
     SelfAttention,
+    periodic_bilinear_upsample,
 )
 
 
@@ -39,9 +41,53 @@ def test_circular_conv_is_shift_equivariant():
     np.testing.assert_allclose(shifted, np.roll(ops.convert_to_numpy(conv(x)), (3, -5), axis=(1, 2)), atol=1e-5)
 
 
-def test_circular_conv_rejects_even_kernel():
-    with pytest.raises(ValueError, match="odd"):
+def test_circular_conv_rejects_kernels_that_cannot_centre():
+    with pytest.raises(ValueError, match="even"):
         CircularConv2D(4, 2)
+    with pytest.raises(ValueError, match="even"):
+        CircularConv2D(4, 3, strides=2)
+
+
+def test_strided_circular_conv_matches_periodic_convolution_and_shifts_by_two():
+    x = random((1, 8, 8, 1))
+    conv = CircularConv2D(1, 4, strides=2, use_bias=False)
+    conv.build(x.shape)
+    kernel = random((4, 4, 1, 1), seed=1)
+    conv.conv.kernel.assign(kernel)
+    out = ops.convert_to_numpy(conv(x))[0, :, :, 0]
+    assert out.shape == (4, 4)
+    # Output i sums the wrapped input rows 2i - 1 .. 2i + 2: centred on 2i + 1/2.
+    expected = np.zeros((8, 8))
+    for dy in range(4):
+        for dx in range(4):
+            expected += kernel[dy, dx, 0, 0] * np.roll(x[0, :, :, 0], (1 - dy, 1 - dx), axis=(0, 1))
+    np.testing.assert_allclose(out, expected[::2, ::2], atol=1e-5)
+    shifted = ops.convert_to_numpy(conv(np.roll(x, (2, -4), axis=(1, 2))))[0, :, :, 0]
+    np.testing.assert_allclose(shifted, np.roll(out, (1, -2), axis=(0, 1)), atol=1e-5)
+
+
+def test_periodic_bilinear_upsample_weights():
+    x = random((2, 4, 6, 3))
+    out = ops.convert_to_numpy(periodic_bilinear_upsample(x))
+    assert out.shape == (2, 8, 12, 3)
+    expected = x
+    for axis in (1, 2):
+        # Output 2i sits a quarter pixel before input i, output 2i + 1 a quarter pixel after.
+        before = 0.75 * expected + 0.25 * np.roll(expected, 1, axis=axis)
+        after = 0.75 * expected + 0.25 * np.roll(expected, -1, axis=axis)
+        expected = np.stack([before, after], axis=axis + 1)
+        shape = list(before.shape)
+        shape[axis] *= 2
+        expected = expected.reshape(shape)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    np.testing.assert_allclose(out.mean(axis=(1, 2)), x.mean(axis=(1, 2)), atol=1e-5)  # mass is kept
+
+    layer = BilinearUpsample(5)
+    y = ops.convert_to_numpy(layer(x))
+    assert y.shape == (2, 8, 12, 5)
+    # The 1x1 convolution commutes with the interpolation.
+    projected = x @ ops.convert_to_numpy(layer.conv.kernel) + ops.convert_to_numpy(layer.conv.bias)
+    np.testing.assert_allclose(y, ops.convert_to_numpy(periodic_bilinear_upsample(projected)), atol=1e-4)
 
 
 def test_group_norm_matches_keras_group_normalization():
@@ -78,6 +124,8 @@ def test_gamma_embedding_and_residual_block():
     "layer",
     [
         CircularConv2D(4, 3, kernel_initializer="zeros"),
+        CircularConv2D(4, 4, strides=2),
+        BilinearUpsample(6),
         GroupNorm(4, epsilon=1e-3),
         GammaEmbedding(16, 32),
         FourierFeatures(5, 7),

@@ -149,6 +149,19 @@ def test_residual_run_trains_the_mean_network_first_and_ships_one_model(cmd_dirs
     assert loaded.mean_network.transform.get_config() == loaded.transform.get_config()
 
 
+def test_mean_only_trains_the_mean_network_and_a_later_call_goes_on(cmd_dirs, tmp_path):
+    config = tiny_config(cmd_dirs, residual=True, mean_steps=4, steps=2)
+    mean = train(config, tmp_path / "run", verbose=0, mean_only=True)
+    assert type(mean).__name__ == "RegressionUNet"
+    assert (tmp_path / "run" / "mean" / "done.json").exists() and not (tmp_path / "run" / "model.keras").exists()
+    model = train(config, tmp_path / "run", verbose=0)
+    assert len(read_history(tmp_path / "run" / "mean" / "history.csv")) == 2  # not trained again
+    for ours, theirs in zip(model.mean_network.get_weights(), mean.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(ValueError, match="residual = true"):
+        train(tiny_config(cmd_dirs), tmp_path / "other", verbose=0, mean_only=True)
+
+
 def test_time_limit_stops_at_a_checkpoint_and_a_rerun_finishes(cmd_dirs, tmp_path):
     run = tmp_path / "run"
     # A zero budget stops after the first epoch (its checkpoint is written first).

@@ -5,6 +5,7 @@ from keras import layers, ops
 
 from keras_dmdiff.models.layers import (
     PACKAGE,
+    BilinearUpsample,
     CircularConv2D,
     FourierFeatures,
     GammaEmbedding,
@@ -12,6 +13,8 @@ from keras_dmdiff.models.layers import (
     ResidualBlock,
     SelfAttention,
 )
+
+RESAMPLING = ("strided", "bilinear")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -46,6 +49,13 @@ class ConditionalUNet(keras.Model):
         embedding_hidden_dim: width of the embedding MLP.
         fourier_features: None, or (first, last) exponents of Fourier features
             appended to z_t.
+        resampling: "strided", the reference's 2x2 stride-2 convolutions down
+            and 2x2 transposed convolutions up; or "bilinear", 4x4 stride-2
+            circular convolutions down and a 1x1 convolution then periodic
+            bilinear interpolation up. A 2x2 transposed convolution gives each
+            of the four output positions its own weights, so an under-trained
+            network draws the 2**levels-pixel grid on its maps; bilinear
+            upsampling treats every position alike.
 
     Call arguments:
         inputs: `[z_t, condition, gamma_normalised]`: z_t and condition
@@ -71,6 +81,7 @@ class ConditionalUNet(keras.Model):
         embedding_dim=48,
         embedding_hidden_dim=192,
         fourier_features=None,
+        resampling="strided",
         **kwargs,
     ):
         # Inputs stay float32: z_t is added back to the output in float32, and
@@ -92,6 +103,9 @@ class ConditionalUNet(keras.Model):
         self.embedding_dim = int(embedding_dim)
         self.embedding_hidden_dim = int(embedding_hidden_dim)
         self.fourier_features = tuple(fourier_features) if fourier_features else None
+        if resampling not in RESAMPLING:
+            raise ValueError(f"Unknown resampling {resampling!r}; choose one of {list(RESAMPLING)}.")
+        self.resampling = resampling
 
         policy = self.dtype_policy
 
@@ -116,7 +130,11 @@ class ConditionalUNet(keras.Model):
                 else []
             )
             # Downsampling keeps the width; the next level's first block widens it.
-            self.downsamples.append(layers.Conv2D(width, 2, strides=2, dtype=policy, name=f"downsample_{level}"))
+            self.downsamples.append(
+                layers.Conv2D(width, 2, strides=2, dtype=policy, name=f"downsample_{level}")
+                if resampling == "strided"
+                else CircularConv2D(width, 4, strides=2, dtype=policy, name=f"downsample_{level}")
+            )
 
         self.mid_block_1 = block(self.bottleneck_width, "mid_block_1")
         self.mid_attention = attention("mid_attention") if self.bottleneck_attention else None
@@ -127,6 +145,8 @@ class ConditionalUNet(keras.Model):
             width = self.widths[level]
             self.upsamples.append(
                 layers.Conv2DTranspose(width, 2, strides=2, dtype=policy, name=f"upsample_{level}")
+                if resampling == "strided"
+                else BilinearUpsample(width, dtype=policy, name=f"upsample_{level}")
             )
             self.up_blocks.append([block(width, f"up_{level}_block_{i}") for i in range(self.blocks_per_level)])
             self.up_attention.append(
@@ -204,5 +224,6 @@ class ConditionalUNet(keras.Model):
             embedding_dim=self.embedding_dim,
             embedding_hidden_dim=self.embedding_hidden_dim,
             fourier_features=list(self.fourier_features) if self.fourier_features else None,
+            resampling=self.resampling,
         )
         return config

@@ -23,16 +23,20 @@ def wrap_pad(x, pad):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class CircularConv2D(layers.Layer):
-    """A stride-1 convolution with periodic (circular) boundary conditions.
+    """A convolution with periodic (circular) boundary conditions.
 
-    On TensorFlow the map is wrap-padded and convolved with 'valid' padding.
-    On JAX, XLA's CPU 'valid' convolution takes a path ~4x slower than 'same',
-    so there the map is wrap-padded, convolved with 'same' and cropped: the same
-    numbers (and the same weights, so models move between backends).
+    The map is wrap-padded by (kernel_size - strides) / 2 pixels on each side
+    and convolved with 'valid' padding, so a stride-s convolution of an H x W
+    map gives H/s x W/s outputs, output i centred on input pixel
+    s i + (s - 1) / 2. On JAX, XLA's CPU 'valid' convolution takes a path ~4x
+    slower than 'same', so there a stride-1 map is wrap-padded, convolved with
+    'same' and cropped: the same numbers (and the same weights, so models move
+    between backends).
 
     Args:
         filters: output channels.
-        kernel_size: odd int, the square kernel size.
+        kernel_size: the square kernel size; kernel_size - strides must be even.
+        strides: 1, or the downsampling factor.
         kernel_initializer: initializer of the kernel ("zeros" for output convs).
         use_bias: add a bias.
 
@@ -40,20 +44,28 @@ class CircularConv2D(layers.Layer):
         >>> conv = CircularConv2D(16, 3)
         >>> conv(keras.random.normal((2, 32, 32, 4))).shape
         (2, 32, 32, 16)
+        >>> CircularConv2D(16, 4, strides=2)(keras.random.normal((2, 32, 32, 4))).shape
+        (2, 16, 16, 16)
     """
 
-    def __init__(self, filters, kernel_size=3, kernel_initializer="glorot_uniform", use_bias=True, **kwargs):
+    def __init__(self, filters, kernel_size=3, strides=1, kernel_initializer="glorot_uniform", use_bias=True,
+                 **kwargs):
         super().__init__(**kwargs)
-        if kernel_size % 2 != 1:
-            raise ValueError(f"CircularConv2D needs an odd kernel_size; got {kernel_size}.")
+        if strides < 1 or kernel_size < strides or (kernel_size - strides) % 2:
+            raise ValueError(
+                f"CircularConv2D needs kernel_size - strides even and >= 0; got kernel_size={kernel_size}, "
+                f"strides={strides}."
+            )
         self.filters = filters
         self.kernel_size = kernel_size
+        self.strides = strides
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.use_bias = use_bias
-        self._same_then_crop = keras.backend.backend() == "jax"
+        self._same_then_crop = keras.backend.backend() == "jax" and strides == 1
         self.conv = layers.Conv2D(
             filters,
             kernel_size,
+            strides=strides,
             padding="same" if self._same_then_crop else "valid",
             kernel_initializer=self.kernel_initializer,
             use_bias=use_bias,
@@ -61,16 +73,19 @@ class CircularConv2D(layers.Layer):
             name="conv",
         )
 
+    @property
+    def _pad(self):
+        return (self.kernel_size - self.strides) // 2
+
     def build(self, input_shape):
-        pad = self.kernel_size // 2
         padded = list(input_shape)
         for axis in (1, 2):
             if padded[axis] is not None:
-                padded[axis] += 2 * pad
+                padded[axis] += 2 * self._pad
         self.conv.build(tuple(padded))
 
     def call(self, x):
-        pad = self.kernel_size // 2
+        pad = self._pad
         x = wrap_pad(x, pad)
         x = self.conv(x)
         if self._same_then_crop and pad:
@@ -78,16 +93,71 @@ class CircularConv2D(layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.filters,)
+        spatial = [None if n is None else n // self.strides for n in input_shape[1:3]]
+        return (input_shape[0], *spatial, self.filters)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             filters=self.filters,
             kernel_size=self.kernel_size,
+            strides=self.strides,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             use_bias=self.use_bias,
         )
+        return config
+
+
+def periodic_bilinear_upsample(x):
+    """Doubles H and W of [B, H, W, C] by bilinear interpolation on the torus.
+
+    Each input pixel covers a 2x2 block of outputs, centred on it, and each
+    output mixes its own pixel (3/4) with its nearest neighbour (1/4) along
+    each axis. Computed as a nearest-neighbour repeat followed by the
+    periodic [1, 2, 1] / 4 filter, which gives exactly those weights. Every
+    output position gets the same (mirrored) filter, so, unlike a stride-2
+    transposed convolution, it draws no pattern on the pixel grid.
+    """
+    for axis in (1, 2):
+        x = ops.repeat(x, 2, axis=axis)
+        x = 0.5 * x + 0.25 * (ops.roll(x, 1, axis=axis) + ops.roll(x, -1, axis=axis))
+    return x
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BilinearUpsample(layers.Layer):
+    """A 1x1 convolution to `filters` channels, then periodic bilinear x2 upsampling.
+
+    The learned part runs at the coarse resolution (the 1x1 convolution
+    commutes with the interpolation, so this costs a quarter of the same
+    projection after it).
+
+    Args:
+        filters: output channels.
+
+    Example:
+        >>> BilinearUpsample(8)(keras.random.normal((2, 16, 16, 4))).shape
+        (2, 32, 32, 8)
+    """
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv = layers.Conv2D(filters, 1, dtype=self.dtype_policy, name="conv")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+
+    def call(self, x):
+        return periodic_bilinear_upsample(self.conv(x))
+
+    def compute_output_shape(self, input_shape):
+        spatial = [None if n is None else 2 * n for n in input_shape[1:3]]
+        return (input_shape[0], *spatial, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters)
         return config
 
 
