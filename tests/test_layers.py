@@ -86,7 +86,7 @@ def test_periodic_bilinear_upsample_weights():
     y = ops.convert_to_numpy(layer(x))
     assert y.shape == (2, 8, 12, 5)
     # The 1x1 convolution commutes with the interpolation.
-    projected = x @ ops.convert_to_numpy(layer.conv.kernel) + ops.convert_to_numpy(layer.conv.bias)
+    projected = x @ ops.convert_to_numpy(layer.projection.kernel) + ops.convert_to_numpy(layer.projection.bias)
     np.testing.assert_allclose(y, ops.convert_to_numpy(periodic_bilinear_upsample(projected)), atol=1e-4)
 
 

@@ -143,13 +143,13 @@ class BilinearUpsample(layers.Layer):
     def __init__(self, filters, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
-        self.conv = layers.Conv2D(filters, 1, dtype=self.dtype_policy, name="conv")
+        self.projection = layers.Conv2D(filters, 1, dtype=self.dtype_policy, name="projection")
 
     def build(self, input_shape):
-        self.conv.build(input_shape)
+        self.projection.build(input_shape)
 
     def call(self, x):
-        return periodic_bilinear_upsample(self.conv(x))
+        return periodic_bilinear_upsample(self.projection(x))
 
     def compute_output_shape(self, input_shape):
         spatial = [None if n is None else 2 * n for n in input_shape[1:3]]
