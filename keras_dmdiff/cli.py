@@ -28,14 +28,14 @@ def _add_mock(subparsers):
         "finished simulations.",
     )
     parser.add_argument("--suite", default="IllustrisTNG", help="IllustrisTNG, SIMBA or Astrid (mock suite)")
-    parser.add_argument("--set", dest="set_name", default="LH", help="LH, CV or 1P parameter table")
+    parser.add_argument("--set-name", default="LH", help="LH, CV or 1P parameter table")
     parser.add_argument("--num-sims", type=int, default=None, help="first N rows of the table (default: all)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--grid-size", type=int, default=128, help="particles per side")
     parser.add_argument("--map-size", type=int, default=256, help="map pixels per side")
     parser.add_argument("--box-size", type=float, default=25.0, help="box side in Mpc/h")
-    parser.add_argument("--steps", type=int, default=10, help="particle-mesh steps")
+    parser.add_argument("--steps", dest="num_steps", type=int, default=10, help="particle-mesh steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_run_mock)
 
@@ -51,7 +51,7 @@ def _run_mock(args):
         grid_size=args.grid_size,
         map_size=args.map_size,
         box_size=args.box_size,
-        num_steps=args.steps,
+        num_steps=args.num_steps,
         workers=args.workers,
         seed=args.seed,
         progress=True,
@@ -217,7 +217,7 @@ def _run_reconstruct(args):
         h5_dataset=args.dataset,
         model=args.model,
         num_samples=args.num_samples,
-        num_steps=args.steps,
+        num_steps=args.num_steps,
         seed=args.seed,
         options=_sampling_options(args),
         out=args.out,
@@ -258,7 +258,7 @@ def _run_evaluate(args):
         args.split,
         args.out,
         num_samples=args.num_samples,
-        num_steps=args.steps,
+        num_steps=args.num_steps,
         seed=args.seed,
         options=_sampling_options(args),
         max_maps=args.max_maps,

@@ -21,6 +21,7 @@ Example:
 """
 
 import dataclasses
+import inspect
 import pathlib
 import shutil
 import time
@@ -63,8 +64,6 @@ def load_recipe(path):
 # settings on to a function are checked by that function's signature.
 _SAMPLING_KEYS = {field.name for field in dataclasses.fields(SamplingOptions)}
 _STEP_KEYS = {
-    "mock": {"out", "suite", "set", "num_sims", "grid_size", "map_size", "box_size", "pm_steps",
-             "workers", "seed"},
     # and the fields of keras_dmdiff.posterior.SamplingOptions (sampler, eta, random_shifts, ...)
     "evaluate": {"model", "dataset", "split", "out", "num_samples", "num_steps", "seed", "max_maps",
                  "crop_size", "regression_model", "data_dir", "manual_dir"},
@@ -74,6 +73,12 @@ _STEP_KEYS = {
 
 
 def _step_keys(kind):
+    if kind == "mock":
+        from keras_dmdiff.mock import write_cmd_files
+
+        # write_cmd_files' own argument names and defaults; `out` is its out_dir.
+        arguments = set(inspect.signature(write_cmd_files).parameters) - {"out_dir", "progress"}
+        return {"kind", "out"} | arguments
     if kind == "train":
         from keras_dmdiff.training import TrainConfig
 
@@ -98,19 +103,8 @@ def _resolve(run_dir, value):
 def _step_mock(step, run_dir):
     from keras_dmdiff.mock import write_cmd_files
 
-    write_cmd_files(
-        _resolve(run_dir, step["out"]),
-        step.get("suite", "IllustrisTNG"),
-        step.get("set", "LH"),
-        step.get("num_sims"),
-        grid_size=step.get("grid_size", 128),
-        map_size=step.get("map_size", 256),
-        box_size=step.get("box_size", 25.0),
-        num_steps=step.get("pm_steps", 10),
-        workers=step.get("workers", 1),
-        seed=step.get("seed", 0),
-        progress=True,
-    )
+    settings = {k: v for k, v in step.items() if k not in ("kind", "out")}
+    write_cmd_files(_resolve(run_dir, step["out"]), progress=True, **settings)
 
 
 def _step_train(step, run_dir, time_limit_s=None):
@@ -167,8 +161,6 @@ def _step_large_volume(step, run_dir):
     if (out / "metrics.json").exists():
         return
     settings = {k: v for k, v in step.items() if k not in ("kind", "model", "data", "out")}
-    if "set" in settings:
-        settings["set_name"] = settings.pop("set")
     run_large_volume(_resolve(run_dir, step["model"]), _resolve(run_dir, step["data"]), out, **settings)
 
 
@@ -176,12 +168,11 @@ def _step_cross_suite(step, run_dir):
     from keras_dmdiff.cross_suite import run_cross_suite
 
     settings = {k: v for k, v in step.items()
-                if k not in ("kind", "models", "data", "out", "data_dir", "set", *_SAMPLING_KEYS)}
+                if k not in ("kind", "models", "data", "out", "data_dir", *_SAMPLING_KEYS)}
     run_cross_suite(
         {suite: _resolve(run_dir, path) for suite, path in step["models"].items()},
         {suite: _resolve(run_dir, path) for suite, path in step["data"].items()},
         _resolve(run_dir, step.get("out", "cross_suite")),
-        set_name=step.get("set", "LH"),
         data_dir=_resolve(run_dir, step.get("data_dir", "tfds")),
         options=_sampling_options(step),
         **settings,

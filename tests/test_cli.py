@@ -85,7 +85,7 @@ def test_reconstruct_reports_missing_files(tiny_model_path, tmp_path, capsys):
 
 def test_mock_then_train_from_the_command_line(tmp_path):
     data = tmp_path / "data"
-    assert cli.main(["mock", "--suite", "SIMBA", "--set", "LH", "--num-sims", "3", "--grid-size", "32",
+    assert cli.main(["mock", "--suite", "SIMBA", "--set-name", "LH", "--num-sims", "3", "--grid-size", "32",
                      "--steps", "3", "--out", str(data)]) == 0
     stars = np.load(data / "Maps_Mstar_SIMBA_LH_z=0.00.npy", mmap_mode="r")
     assert stars.shape == (45, 256, 256)

@@ -34,7 +34,7 @@ kind = "mock"
 suite = "IllustrisTNG"
 num_sims = 3
 grid_size = 32
-pm_steps = 3
+num_steps = 3
 out = "data/IllustrisTNG"
 
 [[steps]]

@@ -23,6 +23,10 @@ def test_bad_recipes_are_rejected(tmp_path):
     bad.write_text('description = "x"\n[[steps]]\nkind = "evaluate"\nnum_sampels = 4\n')
     with pytest.raises(ValueError, match=r"unknown settings \['num_sampels'\]"):
         load_recipe(bad)
+    # The mock step's settings are write_cmd_files' arguments, by the same names.
+    bad.write_text('description = "x"\n[[steps]]\nkind = "mock"\nsuite = "SIMBA"\nset = "CV"\npm_steps = 2\n')
+    with pytest.raises(ValueError, match=r"unknown settings \['pm_steps', 'set'\]; known: .*'num_steps'.*'set_name'"):
+        load_recipe(bad)
     bad.write_text('description = "x"\n[[steps]]\nkind = "train"\nlearning_rat = 1.0\n')
     with pytest.raises(ValueError, match="unknown settings"):
         load_recipe(bad)
@@ -64,7 +68,7 @@ SIMBA = "data/SIMBA"
 @pytest.mark.backend_independent  # slow-ish; the pipeline is the same on both backends
 def test_cross_suite_recipe_runs_end_to_end_and_resumes(tmp_path, capsys):
     mocks = "".join(
-        f'[[steps]]\nkind = "mock"\nsuite = "{s}"\nnum_sims = 3\ngrid_size = 32\npm_steps = 3\nout = "data/{s}"\n'
+        f'[[steps]]\nkind = "mock"\nsuite = "{s}"\nnum_sims = 3\ngrid_size = 32\nnum_steps = 3\nout = "data/{s}"\n'
         for s in ("IllustrisTNG", "SIMBA")
     )
     trains = "".join(
