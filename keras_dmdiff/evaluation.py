@@ -32,11 +32,11 @@ output folder:
       maps.png, power_spectrum.png, cross_correlation.png, pdf.png,
       coverage.png, rank_histograms.png
 
-Sampling is the expensive part, so it is resumable: the samples of each group
-of maps are written (atomically) to `samples.h5.parts/` as soon as they are
-drawn, `samples.h5` is written whole once every map is drawn, and a rerun with
-the same settings skips the maps already drawn (a killed run loses at most one
-group of maps). Each group of maps is sampled with its own seed derived from
+Sampling is the expensive part, so it is resumable (`sample_store.SampleStore`):
+the samples of each group of maps are written (atomically) to
+`samples.h5.parts/` as soon as they are drawn, `samples.h5` is written whole
+once every map is drawn, and a rerun with the same settings skips the maps
+already drawn (a killed run loses at most one group of maps). Each group of maps is sampled with its own seed derived from
 `seed` and the index of its first map, so results do not depend on where a run
 was interrupted.
 
@@ -45,11 +45,9 @@ masses in Msun/h, MSE in dex^2.
 """
 
 import datetime
-import json
 import math
 import os
 import pathlib
-import shutil
 import sys
 
 import numpy as np
@@ -57,6 +55,7 @@ import numpy as np
 from keras_dmdiff import atomic_files, stats
 from keras_dmdiff.baselines import ConditionalMeanBaseline, periodic_gaussian_smooth, stellar_tracer
 from keras_dmdiff.posterior import PosteriorSampler, SamplingOptions, load_keras_file, load_posterior
+from keras_dmdiff.sample_store import SampleStore
 from keras_dmdiff.stats.headline import POWER_RATIO_K_MAX, band_cross_correlation, power_ratio_error
 
 DIFFUSION = "diffusion"
@@ -228,172 +227,6 @@ def _metadata_defaults():
         "backend": backend or os.environ.get("KERAS_BACKEND", "tensorflow"),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _h5_value(value):
-    if value is None:
-        return "None"
-    if isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, (int, float, str, np.integer, np.floating)):
-        return value
-    return json.dumps(value, default=str)
-
-
-class _SampleStore:
-    """samples.h5 and the groups drawn towards it: a kill at any instant loses at most one group.
-
-    Each group of maps drawn is written at once, atomically, to
-    `samples.h5.parts/maps_<first map>.npz` (its stellar maps and samples);
-    `finish` writes the complete `samples.h5` (a temporary file, then a
-    rename) and removes the parts. A rerun trusts a part only when its maps
-    equal the dataset's, and an existing `samples.h5` only when it opens and
-    was drawn with the same settings and maps.
-    """
-
-    def __init__(self, path, stars, dm, num_samples, settings, metadata):
-        self.path = pathlib.Path(path)
-        self.parts = self.path.with_name(self.path.name + ".parts")
-        self.stars, self.dm = stars, dm
-        self.num_samples = int(num_samples)
-        self.attrs = {key: _h5_value(value) for key, value in {**metadata, **settings}.items()}
-        self.resume = {key: str(_h5_value(settings[key])) for key in _RESUME_KEYS}
-        self.num_maps = len(stars)
-        self._source = {}  # map index -> (file, index in it), for the maps drawn so far
-        self._finished = None  # the open samples.h5 once complete
-        if self.path.exists():
-            self._adopt_finished()
-        if self.parts.exists():
-            self._adopt_parts()
-
-    def _adopt_finished(self):
-        import h5py
-
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as error:
-            raise ValueError(
-                f"{self.path} is damaged or not an HDF5 file ({error}). This package writes it "
-                "complete or not at all, so it came from elsewhere: move it away or use another "
-                "output folder."
-            ) from None
-        missing = {"stellar_mass", "dark_matter_true", "samples"} - set(f)
-        if missing:
-            f.close()
-            raise ValueError(
-                f"{self.path} is not a keras_dmdiff samples file (no {sorted(missing)}): move it "
-                "away or use another output folder."
-            )
-        try:
-            self._check_settings(
-                self.path, {key: str(f.attrs.get(key, _h5_value(_RESUME_DEFAULTS.get(key)))) for key in self.resume}
-            )
-            if f["stellar_mass"].shape[1:] != self.stars.shape[1:]:
-                raise ValueError(f"{self.path} holds maps of another size; use another output folder.")
-            m = min(f["stellar_mass"].shape[0], self.num_maps)
-            if not (np.array_equal(f["stellar_mass"][:m], self.stars[:m])
-                    and np.array_equal(f["dark_matter_true"][:m], self.dm[:m])):
-                raise ValueError(f"{self.path} holds other maps than this dataset's: use another output folder.")
-        except ValueError:
-            f.close()
-            raise
-        done = np.asarray(f["done"][:m], bool) if "done" in f else np.ones(m, bool)
-        for i in np.flatnonzero(done):
-            self._source[int(i)] = (self.path, int(i))
-        self._finished = f
-
-    def _check_settings(self, source, stored):
-        """Refuses samples in `source` drawn with other settings than this run's."""
-        for key, wanted in self.resume.items():
-            if key in stored and stored[key] != wanted:
-                raise ValueError(
-                    f"{source} holds samples drawn with {key}={stored[key]!r}, not {wanted!r}: use "
-                    "another output folder, delete it, or rerun with the original settings to resume."
-                )
-
-    def _adopt_parts(self):
-        settings_path = self.parts / "settings.json"
-        self._check_settings(self.parts, json.loads(settings_path.read_text()) if settings_path.exists() else {})
-        for part in sorted(self.parts.glob("maps_*.npz")):
-            start = int(part.stem.split("_")[1])
-            try:
-                with np.load(part) as data:
-                    part_stars = data["stellar_mass"]
-                    shape = data["samples"].shape
-            except Exception as error:  # written atomically, so damage came from outside
-                print(f"warning: {part} is unreadable ({error}); its maps are drawn again.", file=sys.stderr)
-                continue
-            stop = start + len(part_stars)
-            if (stop > self.num_maps or shape[1] != self.num_samples
-                    or not np.array_equal(part_stars, self.stars[start:stop])):
-                raise ValueError(
-                    f"{part} holds samples of other maps than this dataset's maps {start}..{stop - 1}: "
-                    "use another output folder."
-                )
-            for i in range(start, stop):
-                self._source[i] = (part, i - start)
-
-    @property
-    def done(self):
-        return np.array([i in self._source for i in range(self.num_maps)], bool)
-
-    def write(self, start, samples):
-        """Stores the samples [G, S, H, W] of maps start..start+G-1, atomically."""
-        if not self.parts.exists():
-            self.parts.mkdir(parents=True)
-            atomic_files.write_json(self.parts / "settings.json", self.resume)
-        stop = start + len(samples)
-        part = self.parts / f"maps_{start:06d}.npz"
-        with atomic_files.replacing(part) as temporary:
-            np.savez(temporary, stellar_mass=self.stars[start:stop], samples=samples)
-        for i in range(start, stop):
-            self._source[i] = (part, i - start)
-
-    def finish(self):
-        """Writes the complete samples.h5 (atomically) and removes the parts."""
-        import h5py
-
-        if len(self._source) < self.num_maps:
-            raise RuntimeError("finish() before every map was drawn")
-        complete = self._finished is not None and all(
-            self._source[i][0] == self.path for i in range(self.num_maps)
-        ) and self._finished["stellar_mass"].shape[0] == self.num_maps
-        if not complete:
-            n, h, w = self.stars.shape
-            s = self.num_samples
-            gzip = dict(compression="gzip", compression_opts=4, shuffle=True)
-            with atomic_files.replacing(self.path) as temporary, h5py.File(temporary, "w") as f:
-                f.create_dataset("stellar_mass", data=self.stars, chunks=(1, h, w), **gzip)
-                f.create_dataset("dark_matter_true", data=self.dm, chunks=(1, h, w), **gzip)
-                out = f.create_dataset("samples", shape=(n, s, h, w), dtype="float32",
-                                       chunks=(1, 1, h, w), **gzip)
-                for i in range(n):
-                    out[i] = self.samples(i)
-                f.create_dataset("done", data=np.ones(n, bool))
-                for name in ("stellar_mass", "dark_matter_true", "samples"):
-                    f[name].attrs["units"] = "(Msun/h)/(Mpc/h)^2"
-                out.attrs["axes"] = "map, sample, row, column"
-                for key, value in self.attrs.items():
-                    f.attrs[key] = value
-            if self._finished is not None:
-                self._finished.close()
-            self._finished = h5py.File(self.path, "r")
-            self._source = {i: (self.path, i) for i in range(n)}
-        if self.parts.exists():
-            shutil.rmtree(self.parts)
-
-    def samples(self, index):
-        """The samples [S, H, W] of map `index`."""
-        source, j = self._source[index]
-        if source == self.path:
-            return np.asarray(self._finished["samples"][j])
-        with np.load(source) as data:
-            return np.asarray(data["samples"][j])
-
-    def close(self):
-        if self._finished is not None:
-            self._finished.close()
-            self._finished = None
 
 
 def _group_seed(seed, start):
@@ -610,7 +443,11 @@ def evaluate(
     else:
         folder = pathlib.Path(os.path.expanduser(os.fspath(out_dir)))
     folder.mkdir(parents=True, exist_ok=True)
-    store = _SampleStore(folder / SAMPLES_FILE, stars, dm, num_samples, settings, meta)
+    store = SampleStore(
+        folder / SAMPLES_FILE, stars, dm, num_samples,
+        resume={key: settings[key] for key in _RESUME_KEYS}, attrs={**meta, **settings},
+        resume_defaults=_RESUME_DEFAULTS,
+    )
     try:
         _draw_missing(store, posterior, options, stars, settings, progress)
         store.finish()
