@@ -52,20 +52,16 @@ import sys
 
 import numpy as np
 
-from keras_dmdiff import atomic_files, stats
+from keras_dmdiff import atomic_files
 from keras_dmdiff.baselines import ConditionalMeanBaseline, periodic_gaussian_smooth, stellar_tracer
 from keras_dmdiff.posterior import PosteriorSampler, SamplingOptions, load_keras_file, load_posterior
+from keras_dmdiff.posterior_metrics import MeasurePlan, measure
 from keras_dmdiff.sample_store import SampleStore
-from keras_dmdiff.stats.headline import POWER_RATIO_K_MAX, band_cross_correlation, power_ratio_error
 
 DIFFUSION = "diffusion"
 STELLAR_TRACER = "stellar_tracer"
 CONDITIONAL_MEAN = "conditional_mean"
 REGRESSION_UNET = "regression_unet"
-
-# Cap on the pooled pixel features of the calibration statistics (memory:
-# num_samples x this many float32).
-MAX_PIXEL_FEATURES = 500_000
 
 SAMPLES_FILE = "samples.h5"
 METRICS_FILE = "metrics.json"
@@ -234,21 +230,7 @@ def _group_seed(seed, start):
     return int((int(seed) * 1_000_033 + 7_919 * int(start) + 1) % (2**31 - 1))
 
 
-# ----------------------------------------------------------------------------- statistics helpers
-def _band(values, axis):
-    """Mean and 10-90 % quantiles, ignoring NaN (r(k) of a flat map is undefined)."""
-    import warnings
-
-    values = np.asarray(values, dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins stay NaN
-        return {
-            "mean": np.nanmean(values, axis=axis),
-            "low": np.nanquantile(values, 0.1, axis=axis),
-            "high": np.nanquantile(values, 0.9, axis=axis),
-        }
-
-
+# ----------------------------------------------------------------------------- JSON
 def json_safe(value):
     """Numpy scalars/arrays -> Python values, non-finite floats -> None (valid JSON)."""
     if isinstance(value, dict):
@@ -265,31 +247,6 @@ def json_safe(value):
         value = float(value)
         return value if math.isfinite(value) else None
     return value
-
-
-def _rank_summary(ranks, num_samples):
-    ranks = np.asarray(ranks).ravel()
-    num_bins = min(num_samples + 1, 20)
-    counts, expected = stats.rank_histogram(ranks, num_samples, num_bins=num_bins)
-    return {
-        "counts": counts,
-        "expected": expected,
-        "num_bins": num_bins,
-        "num_features": int(ranks.size),
-        "pvalue": float(stats.rank_uniformity_pvalue(counts, expected)),
-    }
-
-
-def _calibration_block(samples, truth, num_samples):
-    """Verdict + coverage curve + rank histogram for features `[S, F]` vs `[F]`."""
-    verdict = stats.calibration_verdict(samples, truth)
-    curve = stats.coverage_curve(samples, truth)
-    ranks = stats.rank_statistic(samples, truth)
-    return {
-        **verdict,
-        "curve": {"levels": curve["levels"], "coverage": curve["coverage"]},
-        "rank_histogram": _rank_summary(ranks, num_samples),
-    }
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -359,7 +316,7 @@ def evaluate(
             `max(1, options.batch_size // num_samples)`.
         pixels_per_map: pixels per map (random, fixed by `seed`) used for the
             pixel calibration statistics; bounds memory (at most
-            `MAX_PIXEL_FEATURES` pixels are pooled over all maps).
+            `posterior_metrics.MAX_PIXEL_FEATURES` pixels are pooled over all maps).
         num_apertures: apertures per map, centred on the brightest stellar
             pixels (chosen from the conditioning data, so the selection does not
             bias the ranks).
@@ -451,10 +408,14 @@ def evaluate(
     try:
         _draw_missing(store, posterior, options, stars, settings, progress)
         store.finish()
-        # The grid any network artefacts would sit on.
-        measure_settings = dict(settings, grid_period=int(posterior.stride))
-        metrics = _measure(store, stars, dm, chosen, measure_settings, progress, pixels_per_map,
-                           num_apertures, aperture_radius, example_index)
+        plan = MeasurePlan.for_maps(
+            n, size, num_samples=num_samples, box_size=box_size, seed=seed, pixels_per_map=pixels_per_map,
+            num_apertures=num_apertures, aperture_radius=aperture_radius,
+            grid_period=posterior.stride,  # the grid any network artefacts would sit on
+            example_index=example_index,
+        )
+        predictions = {name: _predict_baseline(b, stars, dm) for name, b in chosen.items()}
+        metrics = measure(store.samples, stars, dm, plan, predictions, progress)
     finally:
         store.close()
     metrics["metadata"] = meta
@@ -503,206 +464,6 @@ def _draw_missing(store, posterior, options, stars, settings, progress):
                 )
             store.write(start, out)
             bar.update(int((~done[start:stop]).sum()))
-
-
-def _measure(store, stars, dm, baselines, settings, progress, pixels_per_map,
-             num_apertures, aperture_radius, example_index):
-    """All statistics, one map at a time (samples are read back from the store)."""
-    from tqdm.auto import tqdm
-
-    n, size, _ = stars.shape
-    s = settings["num_samples"]
-    box = settings["box_size"]
-    edges = stats.k_bin_edges(size, box, bins="log")
-    k, _, k_counts = stats.power_spectrum(dm[:1], box, bins=edges)
-    nk = len(k)
-    pdf_edges = stats.DEFAULT_LOG10_SIGMA_BINS
-    radius = min(1.0, box / 8) if aperture_radius is None else float(aperture_radius)
-    pixels = min(int(pixels_per_map), size * size, max(16, MAX_PIXEL_FEATURES // n))
-    example_index = int(np.clip(example_index, 0, n - 1))
-
-    predictions = {name: _predict_baseline(b, stars, dm) for name, b in baselines.items()}
-
-    pk_true = np.empty((n, nk))
-    pk_samples = np.empty((n, s, nk))
-    pk_mean = np.empty((n, nk))
-    r_mean = np.empty((n, nk))
-    r_samples = np.empty((n, nk))
-    pdf_truth = np.empty((n, len(pdf_edges) - 1))
-    pdf_samples = np.empty_like(pdf_truth)
-    pdf_mean = np.empty_like(pdf_truth)
-    mse = {"diffusion_posterior_mean": [], "diffusion_posterior_log_mean": [], "diffusion_samples": []}
-    grid_period = settings.get("grid_period", 16)
-    grid_edges = {"diffusion_samples": [], "truth": []}
-    pix_s = np.empty((s, n * pixels), np.float32)
-    pix_t = np.empty((n * pixels,), np.float32)
-    ap_s, ap_t = [], []
-    base = {
-        name: {"pk": np.empty((n, nk)), "r": np.empty((n, nk)), "pdf": np.empty_like(pdf_truth), "mse": []}
-        for name in baselines
-    }
-    example = None
-
-    for i in tqdm(range(n), desc="statistics", unit="map", disable=not progress):
-        x, t = stars[i], dm[i].astype(np.float64)
-        samples = store.samples(i).astype(np.float64)  # [S, H, W]
-        log_samples = np.log10(samples)
-        mean_map = samples.mean(axis=0)
-        log_mean = log_samples.mean(axis=0)
-
-        _, pk_true[i], _ = stats.power_spectrum(t, box, bins=edges)
-        _, pk_samples[i], _ = stats.power_spectrum(samples, box, bins=edges)
-        _, pk_mean[i], _ = stats.power_spectrum(mean_map, box, bins=edges)
-        _, r_mean[i], _ = stats.cross_correlation(mean_map, t, box, bins=edges)
-        _, r_each, _ = stats.cross_correlation(samples, t, box, bins=edges)
-        r_samples[i] = r_each.mean(axis=0)
-        _, pdf_truth[i] = stats.one_point_pdf(t, pdf_edges)
-        _, pdf_each = stats.one_point_pdf(samples, pdf_edges)
-        pdf_samples[i] = pdf_each.mean(axis=0)
-        _, pdf_mean[i] = stats.one_point_pdf(mean_map, pdf_edges)
-        log_t = np.log10(t)
-        mse["diffusion_posterior_mean"].append(float(stats.mse_dex2(mean_map, t)))
-        mse["diffusion_posterior_log_mean"].append(float(np.mean((log_mean - log_t) ** 2)))
-        mse["diffusion_samples"].append(float(np.mean((log_samples - log_t) ** 2)))
-        if grid_period >= 2 and size % grid_period == 0:  # a sampler without a grid (stride 1) has no edges
-            grid_edges["diffusion_samples"].append(stats.grid_edge_ratio(samples, grid_period))
-            grid_edges["truth"].append(stats.grid_edge_ratio(t, grid_period))
-
-        # Pixel subset for calibration (fixed by seed and map index).
-        rng = np.random.default_rng([settings["seed"], i])
-        pick = rng.choice(size * size, size=pixels, replace=False)
-        pix_s[:, i * pixels : (i + 1) * pixels] = samples.reshape(s, -1)[:, pick]
-        pix_t[i * pixels : (i + 1) * pixels] = t.reshape(-1)[pick]
-
-        # Apertures around the brightest galaxies (the conditioning data).
-        if num_apertures > 0:
-            centres = stats.peak_centres(x, num_apertures, 2 * radius, box)
-            if len(centres):
-                ap_s.append(stats.aperture_masses(samples, centres, radius, box))
-                ap_t.append(stats.aperture_masses(t, centres, radius, box))
-
-        for name, (spec_map, log_map) in predictions.items():
-            _, base[name]["pk"][i], _ = stats.power_spectrum(spec_map[i], box, bins=edges)
-            _, base[name]["r"][i], _ = stats.cross_correlation(spec_map[i], t, box, bins=edges)
-            _, base[name]["pdf"][i] = stats.one_point_pdf(log_map[i], pdf_edges)
-            base[name]["mse"].append(float(stats.mse_dex2(log_map[i], t)))
-
-        if i == example_index:
-            example = {
-                "map_index": i,
-                "box_size": box,
-                "stellar_mass": x,
-                "dark_matter_true": dm[i],
-                "samples": store.samples(i)[:2],
-                "posterior_mean": mean_map.astype(np.float32),
-                "posterior_std_log10": log_samples.std(axis=0).astype(np.float32),
-            }
-
-    # ---- spectra, ratios, cross-correlation
-    ratio_samples = pk_samples / pk_true[:, None, :]
-    power_ratio = {
-        "diffusion_samples": _band(ratio_samples.reshape(-1, nk), 0),
-        "diffusion_posterior_mean": _band(pk_mean / pk_true, 0),
-    }
-    cross = {
-        "diffusion_posterior_mean": _band(r_mean, 0),
-        "diffusion_samples": _band(r_samples, 0),
-    }
-    power = {
-        "truth": pk_true.mean(axis=0),
-        "diffusion_samples": pk_samples.mean(axis=(0, 1)),
-        "diffusion_posterior_mean": pk_mean.mean(axis=0),
-    }
-    pdf = {
-        "log10_sigma": 0.5 * (pdf_edges[:-1] + pdf_edges[1:]),
-        "truth": pdf_truth.mean(axis=0),
-        "diffusion_samples": pdf_samples.mean(axis=0),
-        "diffusion_posterior_mean": pdf_mean.mean(axis=0),
-    }
-    for name, b in base.items():
-        power_ratio[name] = _band(b["pk"] / pk_true, 0)
-        cross[name] = _band(b["r"], 0)
-        power[name] = b["pk"].mean(axis=0)
-        pdf[name] = b["pdf"].mean(axis=0)
-        mse[name] = b["mse"]
-    mse_summary = {
-        name: {"mean": float(np.mean(v)), "std": float(np.std(v))} for name, v in mse.items()
-    }
-
-    # ---- calibration
-    calibration = {}
-    summary_cal = {}
-    if s >= 2:
-        calibration["pixels"] = _calibration_block(pix_s, pix_t, s)
-        calibration["power_spectrum"] = _calibration_block(
-            np.moveaxis(pk_samples, 1, 0).reshape(s, -1), pk_true.reshape(-1), s
-        )
-        if ap_s:
-            ap_samples = np.concatenate([a.reshape(s, -1) for a in ap_s], axis=1)
-            ap_truth = np.concatenate([a.reshape(-1) for a in ap_t])
-            calibration["aperture_masses"] = {
-                **_calibration_block(ap_samples, ap_truth, s),
-                "radius": radius,
-                "apertures_per_map": int(num_apertures),
-            }
-        if n >= 2:
-            tarp = stats.tarp_coverage(
-                np.log10(np.moveaxis(pk_samples, 1, 0)), np.log10(pk_true), seed=settings["seed"]
-            )
-            calibration["tarp"] = {
-                "features": "log10 P(k), all k bins",
-                "levels": tarp["levels"],
-                "coverage": tarp["coverage"],
-                "max_error": tarp["max_error"],
-            }
-        calibration["fourier"] = stats.fourier_calibration(
-            k, cross["diffusion_samples"]["mean"], cross["diffusion_posterior_mean"]["mean"], s,
-            k_max=POWER_RATIO_K_MAX,
-        )
-        pixel_cal = calibration["pixels"]
-        summary_cal = {
-            "coverage": dict(
-                zip([f"{int(round(100 * lv))}%" for lv in pixel_cal["levels"]], pixel_cal["coverage"])
-            ),
-            "coverage_error": pixel_cal["coverage_error"],
-            "rank_bias": pixel_cal["rank_bias"],
-            "verdict": pixel_cal["verdict"],
-            "verdict_power_spectrum": calibration["power_spectrum"]["verdict"],
-            "verdict_aperture_masses": calibration.get("aperture_masses", {}).get("verdict"),
-            "tarp_max_error": calibration.get("tarp", {}).get("max_error"),
-            "fourier_calibration_max_difference": calibration["fourier"]["max_difference"],
-            "verdict_fourier": calibration["fourier"]["verdict"],
-        }
-    else:
-        summary_cal = {"verdict": None, "coverage_error": None,
-                       "note": "calibration needs num_samples >= 2"}
-
-    summary = {
-        "power_ratio_error_k_lt_10": {
-            name: power_ratio_error(k, band["mean"]) for name, band in power_ratio.items()
-        },
-        "cross_correlation_1_k_5": {
-            name: band_cross_correlation(k, band["mean"]) for name, band in cross.items()
-        },
-        "mse_dex2": {name: v["mean"] for name, v in mse_summary.items()},
-        "grid_edge_ratio": {
-            name: float(np.mean(v)) if v else None for name, v in grid_edges.items()
-        },
-        **summary_cal,
-    }
-    return {
-        "summary": summary,
-        "k": k,
-        "k_edges": edges,
-        "k_counts": k_counts,
-        "power_spectrum": power,
-        "power_ratio": power_ratio,
-        "cross_correlation": cross,
-        "pdf": pdf,
-        "mse_dex2": mse_summary,
-        "calibration": calibration,
-        "_example": example,
-    }
 
 
 # ----------------------------------------------------------------------------- files

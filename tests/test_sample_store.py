@@ -81,3 +81,12 @@ def test_a_damaged_file_is_a_clear_error_and_finish_needs_every_map(tmp_path):
     store.write(0, _samples(0, 1))
     with pytest.raises(RuntimeError, match="before every map was drawn"):
         store.finish()
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    from keras_dmdiff import sample_store
+
+    result = doctest.testmod(sample_store)
+    assert result.attempted > 0 and result.failed == 0
