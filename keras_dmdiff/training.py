@@ -340,7 +340,7 @@ def train(config, run_dir, verbose="auto", time_limit_s=None, mean_only=False):
     config_path = run_dir / "config.json"
     config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
     # Compared as configurations, so a setting added since the run began (at its default) matches.
-    if config_path.exists() and _stored_config(config_path) != dataclasses.asdict(config):
+    if config_path.exists() and _identity(_stored_config(config_path)) != _identity(dataclasses.asdict(config)):
         raise ValueError(
             f"{run_dir} holds a run with another configuration ({config_path}); "
             "use a new run folder or delete the old one."
@@ -365,6 +365,18 @@ def train(config, run_dir, verbose="auto", time_limit_s=None, mean_only=False):
     model = build_model(config, mean_network)
     model.transform = transform
     return _fit(model, config, run_dir, config.steps, verbose, deadline)
+
+
+# Where the data is read from is not what is trained: a run folder moved, or
+# named by another path (relative or absolute), still resumes.
+_LOCATION_FIELDS = ("data_dir", "manual_dir")
+
+
+def _identity(config):
+    """The settings that make two runs the same run."""
+    if config is None:
+        return None
+    return {key: value for key, value in config.items() if key not in _LOCATION_FIELDS}
 
 
 def _stored_config(path):

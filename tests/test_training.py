@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 
 import keras
 import numpy as np
@@ -134,6 +135,17 @@ def test_bad_configs_are_rejected(cmd_dirs, tmp_path):
     train(tiny_config(cmd_dirs, steps=2, steps_per_epoch=2), tmp_path / "a", verbose=0)
     with pytest.raises(ValueError, match="another configuration"):
         train(tiny_config(cmd_dirs, steps=4, steps_per_epoch=2), tmp_path / "a", verbose=0)
+
+
+def test_a_run_resumes_with_its_data_named_by_another_path(cmd_dirs, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    config = tiny_config(cmd_dirs)
+    train_interrupted(config, run, monkeypatch, epochs=1)
+    # The same folders, named relative to the working directory (as a run started elsewhere would).
+    moved = dict(config, **{key: os.path.relpath(path) for key, path in cmd_dirs.items()})
+    resumed = train(moved, run, verbose=0)
+    assert int(keras.ops.convert_to_numpy(resumed.optimizer.iterations)) == config["steps"]
+    assert json.loads((run / "config.json").read_text())["data_dir"] == moved["data_dir"]
 
 
 def test_residual_run_trains_the_mean_network_first_and_ships_one_model(cmd_dirs, tmp_path):
