@@ -30,4 +30,5 @@ keras_dmdiff_datasets.camels_cmd.set_mock_writer(_write_mock_cmd_files)
 
 if os.environ.get(LIGHT_IMPORT_VARIABLE) != "1":
     from keras_dmdiff.models import ConditionalUNet, VariationalDiffusion, network_from_preset  # noqa: E402,F401
-    from keras_dmdiff.transforms import MapTransform, validate_maps  # noqa: E402,F401
+    from keras_dmdiff.map_checks import validate_maps  # noqa: E402,F401
+    from keras_dmdiff.transforms import MapTransform  # noqa: E402,F401

@@ -54,6 +54,7 @@ import numpy as np
 
 from keras_dmdiff import atomic_files
 from keras_dmdiff.baselines import ConditionalMeanBaseline, periodic_gaussian_smooth, stellar_tracer
+from keras_dmdiff.map_checks import validate_maps
 from keras_dmdiff.posterior import PosteriorSampler, SamplingOptions, load_keras_file, load_posterior
 from keras_dmdiff.posterior_metrics import MeasurePlan, measure
 from keras_dmdiff.sample_store import SampleStore
@@ -93,8 +94,9 @@ def collect_maps(dataset_batches, max_maps=None):
         `(stellar_mass, dark_matter)`, float32 numpy arrays `[N, H, W]`.
 
     Raises:
-        ValueError: empty input, mismatched or non-square shapes, non-positive
-            dark matter, negative stellar mass, NaN.
+        ValueError: empty input, mismatched or non-square shapes, or maps
+            that `map_checks.validate_maps` rejects (NaN, negative or
+            log10-scaled values; dark matter must be > 0).
 
     Examples:
         >>> stars, dm = collect_maps(make_dataset("camels_cmd/mock_IllustrisTNG_LH",  # doctest: +SKIP
@@ -130,14 +132,10 @@ def collect_maps(dataset_batches, max_maps=None):
             break
     if count == 0:
         raise ValueError("No maps to evaluate (empty dataset).")
-    stars = np.concatenate(stars_list)
-    dm = np.concatenate(dm_list)
+    stars = validate_maps(np.concatenate(stars_list), "stellar_mass", allow_rank2=False)
+    dm = validate_maps(np.concatenate(dm_list), "dark_matter", strictly_positive=True, allow_rank2=False)
     if stars.shape[-1] != stars.shape[-2]:
         raise ValueError(f"Maps must be square (periodic boxes), got {stars.shape[-2:]}.")
-    if not (np.all(np.isfinite(stars)) and np.all(np.isfinite(dm))):
-        raise ValueError("The maps contain NaN or infinite values.")
-    if np.any(dm <= 0) or np.any(stars < 0):
-        raise ValueError("Dark matter must be > 0 and stellar mass >= 0 (physical maps).")
     return stars, dm
 
 

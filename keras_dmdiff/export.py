@@ -40,8 +40,8 @@ Memory: `sample` runs all B * num_samples maps as one network batch; for
 large maps or many samples use `draw` in chunks (as `load_exported` does).
 
 This module imports neither keras nor keras_dmdiff at import time: a serving
-process can load this file alone (e.g. with `importlib`) and use
-`load_exported` with TensorFlow only.
+process can load this file alone (e.g. with `importlib`), with `map_checks.py`
+beside it, and use `load_exported` with TensorFlow only.
 """
 
 import datetime
@@ -57,9 +57,25 @@ METADATA_FILE = os.path.join("assets.extra", "keras_dmdiff.json")
 # model.sample seeds chunk k with (seed * SEED_MULTIPLIER + k) mod SEED_MODULUS.
 SEED_MULTIPLIER = 1_000_003
 SEED_MODULUS = 2**31 - 1
-# Same bound as keras_dmdiff.transforms.LOG_SCALED_MAX (repeated so that this
-# module stays importable without keras).
-LOG_SCALED_MAX = 100.0
+
+
+def _load_map_checks():
+    """`keras_dmdiff.map_checks`, also when this file is loaded alone (it lies beside it)."""
+    if __package__:
+        from keras_dmdiff import map_checks
+
+        return map_checks
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "map_checks.py")
+    spec = importlib.util.spec_from_file_location("keras_dmdiff_map_checks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+map_checks = _load_map_checks()
+LOG_SCALED_MAX = map_checks.LOG_SCALED_MAX
 
 
 def _endpoint_names(sampler):
@@ -497,28 +513,8 @@ class ExportedSampler:
                 raise ValueError(f"{name} must be an int >= 1; got {value!r}.")
         if not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an int; got {type(seed).__name__}.")
-        maps = np.asarray(stellar_mass, dtype=np.float32)
-        if maps.ndim == 2:
-            maps = maps[None]
-        if maps.ndim != 3 or maps.shape[0] == 0:
-            raise ValueError(f"stellar_mass must be [H, W] or [B, H, W] with B >= 1; got shape {maps.shape}.")
+        maps = map_checks.validate_maps(stellar_mass, "stellar_mass", stride=self.stride)
         count, height, width = maps.shape
-        if height % self.stride or width % self.stride or height == 0 or width == 0:
-            raise ValueError(
-                f"stellar_mass maps are {height}x{width}; H and W must be positive multiples of the stride {self.stride}."
-            )
-        if not np.all(np.isfinite(maps)):
-            raise ValueError("stellar_mass contains NaN or infinite values.")
-        if maps.min() < 0:
-            raise ValueError(
-                f"stellar_mass has negative mass (minimum {maps.min():g}); expected physical surface "
-                "densities in (Msun/h)/(Mpc/h)^2, >= 0."
-            )
-        if 0 < maps.max() < LOG_SCALED_MAX:
-            raise ValueError(
-                f"stellar_mass looks already log10-scaled or normalised (largest value {maps.max():g}); "
-                "pass physical surface densities in (Msun/h)/(Mpc/h)^2, which reach 1e9 and more."
-            )
         draw = getattr(self.module, self.metadata["endpoints"][sampler]["draw"])
         total = count * num_samples
         outputs = []

@@ -18,7 +18,7 @@ import numpy as np
 
 from keras_dmdiff import atomic_files
 from keras_dmdiff.posterior import SamplingOptions, load_posterior
-from keras_dmdiff.transforms import validate_maps
+from keras_dmdiff.map_checks import validate_maps
 
 SHIPPED_MODEL = "tng_mock_cpu"
 EXAMPLE_MAP = "example_stellar_mass.npz"

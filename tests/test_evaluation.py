@@ -284,6 +284,14 @@ def test_evaluate_rejects_bad_samplers_and_inputs(toy):
         collect_maps([])
     stars, dm = collect_maps([data, data], max_maps=3)
     assert stars.shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="`dark_matter` looks already log10-scaled"):
+        collect_maps((data[0], np.log10(data[1])))
+    with pytest.raises(ValueError, match="`stellar_mass` contains 1 NaN"):
+        stars = data[0].copy()
+        stars[1, 2, 3] = np.nan
+        collect_maps((stars, data[1]))
+    with pytest.raises(ValueError, match="`dark_matter` must be strictly positive"):
+        collect_maps((data[0], 0.0 * data[1]))
 
 
 def test_tiny_diffusion_model_through_evaluate(toy, tmp_path):

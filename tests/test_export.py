@@ -148,7 +148,7 @@ def test_load_exported_reproduces_model_sample_in_chunks(exported):
     np.testing.assert_allclose(ours, model.sample(stars, 6, STEPS, seed=3, batch_size=6), rtol=2e-4)
     single = sampler(stars[0], num_samples=6, num_steps=STEPS, seed=0, sampler="ddim")
     assert single.shape == (1, 6, SIZE, SIZE)
-    with pytest.raises(ValueError, match="multiples of the stride 4"):
+    with pytest.raises(ValueError, match="multiples of the network stride 4"):
         sampler(np.zeros((1, 10, 16), "float32"))
     with pytest.raises(ValueError, match="negative"):
         sampler(-stars)

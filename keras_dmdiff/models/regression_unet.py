@@ -17,7 +17,8 @@ from keras import ops
 
 from keras_dmdiff.models.conditional_unet import ConditionalUNet
 from keras_dmdiff.models.layers import PACKAGE
-from keras_dmdiff.transforms import MapTransform, validate_maps
+from keras_dmdiff.map_checks import validate_maps
+from keras_dmdiff.transforms import MapTransform
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -15,7 +15,8 @@ from keras_dmdiff.models.regression_unet import RegressionUNet
 from keras_dmdiff.export import chunk_seed, progress_bar
 from keras_dmdiff.posterior import SamplingOptions
 from keras_dmdiff.models.samplers import alpha_sigma, get_step, noise_group, run_sampler, tiled_denoiser
-from keras_dmdiff.transforms import MapTransform, validate_maps
+from keras_dmdiff.map_checks import validate_maps
+from keras_dmdiff.transforms import MapTransform
 
 
 PREDICTIONS = ("eps", "v")
