@@ -8,11 +8,12 @@
     dmdiff export       .keras model -> TensorFlow SavedModel
     dmdiff bench        speed and memory table
 
-Every subcommand has --help. Heavy imports happen inside the subcommands, so
-`dmdiff --help` answers at once.
+Every subcommand has --help, whose defaults are read from the functions the
+subcommands call, so a default is written once.
 """
 
 import argparse
+import inspect
 import json
 import os
 import pathlib
@@ -134,7 +135,18 @@ def _run_recipe(args):
     print(f"run folder: {out}")
 
 
+def _defaults_of(function):
+    """The defaults of `function`'s arguments: the flags show them, and never repeat them."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
 def _add_reconstruct(subparsers):
+    from keras_dmdiff.reconstruct import reconstruct
+
     parser = subparsers.add_parser(
         "reconstruct",
         help="posterior dark-matter samples for stellar-mass maps",
@@ -146,9 +158,11 @@ def _add_reconstruct(subparsers):
     source.add_argument("--example", action="store_true", help="use the example map shipped with the package")
     parser.add_argument("--dataset", default="stellar_mass", help="dataset name inside an .h5 input")
     parser.add_argument("--model", help=".keras file or SavedModel folder (default: the shipped model)")
-    parser.add_argument("--num-samples", type=int, default=8)
-    parser.add_argument("--steps", dest="num_steps", type=int, default=250, help="reverse-diffusion steps")
-    parser.add_argument("--seed", type=int, default=0)
+    default = _defaults_of(reconstruct)
+    parser.add_argument("--num-samples", type=int, default=default["num_samples"])
+    parser.add_argument("--steps", dest="num_steps", type=int, default=default["num_steps"],
+                        help="reverse-diffusion steps")
+    parser.add_argument("--seed", type=int, default=default["seed"])
     parser.add_argument("--out", default="reconstruction.h5", help="output HDF5 file")
     parser.add_argument("--png", help="also write a figure here (default: next to --out)")
     parser.add_argument("--no-png", action="store_true", help="do not write a figure")
@@ -235,15 +249,18 @@ def _add_evaluate(subparsers):
         description="Draw posterior samples for every map of a split and write metrics.json, samples.h5 "
         "and figures (P(k) ratio, r(k), PDFs, coverage, rank histograms) into --out.",
     )
+    from keras_dmdiff.evaluation import DEFAULT_DATASET, DEFAULT_SPLIT, run_evaluation
+
+    default = _defaults_of(run_evaluation)
     parser.add_argument("--model", required=True, help=".keras file or SavedModel folder")
-    parser.add_argument("--dataset", default="camels_cmd/IllustrisTNG_LH", help="TFDS name")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="TFDS name")
+    parser.add_argument("--split", default=DEFAULT_SPLIT)
     parser.add_argument("--data-dir", help="TFDS data dir")
     parser.add_argument("--manual-dir", help="folder of the CMD files")
-    parser.add_argument("--num-samples", type=int, default=16)
-    parser.add_argument("--steps", dest="num_steps", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-maps", type=int, default=None)
+    parser.add_argument("--num-samples", type=int, default=default["num_samples"])
+    parser.add_argument("--steps", dest="num_steps", type=int, default=default["num_steps"])
+    parser.add_argument("--seed", type=int, default=default["seed"])
+    parser.add_argument("--max-maps", type=int, default=default["max_maps"])
     parser.add_argument("--out", required=True, help="output folder")
     _add_sampling_options(parser)
     parser.set_defaults(func=_run_evaluate)

@@ -64,6 +64,10 @@ STELLAR_TRACER = "stellar_tracer"
 CONDITIONAL_MEAN = "conditional_mean"
 REGRESSION_UNET = "regression_unet"
 
+# What `dmdiff evaluate` and a recipe's evaluate step read unless told.
+DEFAULT_DATASET = "camels_cmd/IllustrisTNG_LH"
+DEFAULT_SPLIT = "test"
+
 SAMPLES_FILE = "samples.h5"
 METRICS_FILE = "metrics.json"
 

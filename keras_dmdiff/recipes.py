@@ -64,9 +64,6 @@ def load_recipe(path):
 # settings on to a function are checked by that function's signature.
 _SAMPLING_KEYS = {field.name for field in dataclasses.fields(SamplingOptions)}
 _STEP_KEYS = {
-    # and the fields of keras_dmdiff.posterior.SamplingOptions (sampler, eta, random_shifts, ...)
-    "evaluate": {"model", "dataset", "split", "out", "num_samples", "num_steps", "seed", "max_maps",
-                 "crop_size", "regression_model", "data_dir", "manual_dir"},
     "export": {"model", "out", "samplers", "random_shifts"},
     "ship": {"out", "name", "description", "limitations"},
 }
@@ -84,7 +81,7 @@ def _step_keys(kind):
 
         return {"kind", "out", "verbose"} | {field.name for field in dataclasses.fields(TrainConfig)}
     if kind == "evaluate":
-        return _STEP_KEYS[kind] | _SAMPLING_KEYS | {"kind"}
+        return {"kind"} | set(_EVALUATE_PATHS) | _evaluate_settings() | _SAMPLING_KEYS
     if kind == "bench":
         from keras_dmdiff.bench import BenchConfig
 
@@ -123,24 +120,34 @@ def _sampling_options(step):
     return SamplingOptions.from_dict({key: step[key] for key in _SAMPLING_KEYS if key in step})
 
 
-def _step_evaluate(step, run_dir):
+# The evaluate step's paths (relative to the run folder): recipe key ->
+# (run_evaluation's argument, default). Like every step's, path keys are named
+# by what they point to (`model`, `out`), without a _path or _dir suffix.
+_EVALUATE_PATHS = {
+    "model": ("model_path", "train/model.keras"),
+    "out": ("out_dir", "evaluate"),
+    "regression_model": ("regression_model_path", None),
+    "data_dir": ("data_dir", "tfds"),
+    "manual_dir": ("manual_dir", None),
+}
+
+
+def _evaluate_settings():
+    """run_evaluation's own settings, passed through with its defaults."""
     from keras_dmdiff.evaluation import run_evaluation
 
-    run_evaluation(
-        _resolve(run_dir, step.get("model", "train/model.keras")),
-        step.get("dataset", "camels_cmd/IllustrisTNG_LH"),
-        step.get("split", "test"),
-        _resolve(run_dir, step.get("out", "evaluate")),
-        num_samples=step.get("num_samples", 16),
-        num_steps=step.get("num_steps", 250),
-        seed=step.get("seed", 0),
-        options=_sampling_options(step),
-        max_maps=step.get("max_maps"),
-        crop_size=step.get("crop_size"),
-        regression_model_path=_resolve(run_dir, step.get("regression_model")),
-        data_dir=_resolve(run_dir, step.get("data_dir", "tfds")),
-        manual_dir=_resolve(run_dir, step.get("manual_dir")),
-    )
+    arguments = set(inspect.signature(run_evaluation).parameters)
+    return arguments - {name for name, _ in _EVALUATE_PATHS.values()} - {"options", "progress", "evaluate_kwargs"}
+
+
+def _step_evaluate(step, run_dir):
+    from keras_dmdiff.evaluation import DEFAULT_DATASET, DEFAULT_SPLIT, run_evaluation
+
+    paths = {argument: _resolve(run_dir, step.get(key, default)) for key, (argument, default) in _EVALUATE_PATHS.items()}
+    settings = {key: step[key] for key in _evaluate_settings() if key in step}
+    settings.setdefault("dataset", DEFAULT_DATASET)
+    settings.setdefault("split", DEFAULT_SPLIT)
+    run_evaluation(**paths, **settings, options=_sampling_options(step))
 
 
 def _step_export(step, run_dir):

@@ -183,3 +183,20 @@ def test_reconstruct_in_tiles_reports_bad_tiles(tiny_model_path, tmp_path, capsy
     code = cli.main(["reconstruct", str(maps_path), "--model", str(tiny_model_path), "--steps", "2",
                      "--tile-size", "12", "--out", str(tmp_path / "x.h5")])  # fmt: skip
     assert code == 2 and "tile_size" in capsys.readouterr().err
+
+
+def test_flag_defaults_are_the_functions_defaults():
+    import inspect
+
+    from keras_dmdiff.evaluation import run_evaluation
+    from keras_dmdiff.reconstruct import reconstruct
+
+    parser = cli.build_parser()
+    for argv, function in (
+        (["evaluate", "--model", "m.keras", "--out", "o"], run_evaluation),
+        (["reconstruct", "--example"], reconstruct),
+    ):
+        args = parser.parse_args(argv)
+        defaults = inspect.signature(function).parameters
+        for name in ("num_samples", "num_steps", "seed"):
+            assert getattr(args, name) == defaults[name].default, (argv[0], name)

@@ -113,3 +113,32 @@ def test_recipes_are_read_without_tomllib_as_on_python_3_10(tmp_path, monkeypatc
     finally:
         monkeypatch.undo()
         importlib.reload(recipes)
+
+
+def test_the_evaluate_step_passes_its_settings_to_run_evaluation(tmp_path, monkeypatch):
+    import functools
+
+    from keras_dmdiff import evaluation
+
+    calls = []
+
+    @functools.wraps(evaluation.run_evaluation)  # the step reads the signature through __wrapped__
+    def run_evaluation(**kwargs):
+        calls.append(kwargs)
+
+    monkeypatch.setattr(evaluation, "run_evaluation", run_evaluation)
+    recipe = tmp_path / "evaluate.toml"
+    recipe.write_text(
+        'description = "x"\n[[steps]]\nkind = "evaluate"\nnum_samples = 4\nmax_train_maps = 3\n'
+        'regression_model = "train/mean/model.keras"\nsampler = "ddim"\n'
+    )
+    run_recipe(recipe, tmp_path / "run")
+    (kwargs,) = calls
+    assert kwargs["num_samples"] == 4 and kwargs["max_train_maps"] == 3
+    assert "num_steps" not in kwargs  # run_evaluation's own default, written there only
+    assert (kwargs["dataset"], kwargs["split"]) == (evaluation.DEFAULT_DATASET, evaluation.DEFAULT_SPLIT)
+    run = tmp_path / "run"
+    assert kwargs["model_path"] == str(run / "train" / "model.keras")
+    assert kwargs["regression_model_path"] == str(run / "train" / "mean" / "model.keras")
+    assert kwargs["out_dir"] == str(run / "evaluate") and kwargs["manual_dir"] is None
+    assert kwargs["options"].sampler == "ddim"
