@@ -222,69 +222,79 @@ def _run_worker(backend, kind, config, sizes=()):
     return {"error": f"worker exited with {result.returncode}: " + "\n".join(tail)}
 
 
+def _speed_worker(config, sizes):
+    rows = []
+    for size in sizes:
+        try:
+            rows.append(
+                measure_speed(
+                    preset=config.preset,
+                    size=size,
+                    repeats=config.repeats,
+                    batch_size=config.batch_size,
+                    sampler=config.sampler,
+                    sampling_steps=config.sampling_steps,
+                    num_samples=config.num_samples,
+                    network_overrides=config.network_overrides,
+                )
+            )
+        except Exception as error:  # noqa: BLE001 - reported in the table, the run goes on
+            rows.append({"size": size, "error": f"{type(error).__name__}: {error}"})
+    return {"rows": rows}
+
+
+def _large_map_worker(config, sizes):
+    return measure_large_map(
+        preset=config.preset,
+        size=config.large_map_size,
+        tile_size=config.large_map_tile,
+        tile_margin=config.large_map_margin,
+        tile_batch=1,
+        num_steps=config.large_map_steps,
+        sampler=config.sampler,
+        network_overrides=config.network_overrides,
+    )
+
+
+def _quality_worker(config, sizes):
+    import keras
+
+    from keras_dmdiff.posterior import load_keras_posterior
+
+    model = load_keras_posterior(config.quality_model)
+    stellar, dark = load_quality_data(
+        config.quality_data, config.quality_maps, config.quality_suite, config.quality_set, config.quality_crop
+    )
+    output = quality_vs_steps(
+        model,
+        stellar,
+        dark,
+        samplers=config.samplers,
+        steps=config.quality_steps,
+        reference_steps=config.reference_steps,
+        reference_sampler=config.reference_sampler,
+        num_samples=config.quality_samples,
+        batch_size=config.quality_batch_size,
+        noise_floor=config.quality_noise_floor,
+        coupled=config.quality_coupled,
+        converged_steps=config.quality_converged_steps,
+        random_shifts=config.quality_random_shifts,
+        ddim_etas=config.quality_ddim_etas,
+    )
+    output["backend"] = keras.backend.backend()
+    return output
+
+
+_WORKERS = {"speed": _speed_worker, "quality": _quality_worker, "large_map": _large_map_worker}
+
+
 def _worker_main(argv):
     """A worker: `argv` is [kind, JSON of {"config": BenchConfig fields, "sizes": [...]}]; prints its JSON."""
     kind, payload = argv
-    if kind not in ("speed", "quality", "large_map"):
+    if kind not in _WORKERS:
         raise ValueError(f"Unknown bench worker {kind!r}; expected speed, quality or large_map.")
     payload = json.loads(payload)
-    config = BenchConfig.from_dict(payload["config"])
-    if kind == "speed":
-        rows = []
-        for size in payload["sizes"]:
-            try:
-                rows.append(
-                    measure_speed(
-                        preset=config.preset,
-                        size=size,
-                        repeats=config.repeats,
-                        batch_size=config.batch_size,
-                        sampler=config.sampler,
-                        sampling_steps=config.sampling_steps,
-                        num_samples=config.num_samples,
-                        network_overrides=config.network_overrides,
-                    )
-                )
-            except Exception as error:  # noqa: BLE001 - reported in the table, the run goes on
-                rows.append({"size": size, "error": f"{type(error).__name__}: {error}"})
-        output = {"rows": rows}
-    elif kind == "large_map":
-        output = measure_large_map(
-            preset=config.preset,
-            size=config.large_map_size,
-            tile_size=config.large_map_tile,
-            tile_margin=config.large_map_margin,
-            tile_batch=1,
-            num_steps=config.large_map_steps,
-            sampler=config.sampler,
-            network_overrides=config.network_overrides,
-        )
-    else:
-        import keras
-
-        from keras_dmdiff.posterior import load_keras_posterior
-
-        model = load_keras_posterior(config.quality_model)
-        stellar, dark = load_quality_data(
-            config.quality_data, config.quality_maps, config.quality_suite, config.quality_set, config.quality_crop
-        )
-        output = quality_vs_steps(
-            model,
-            stellar,
-            dark,
-            samplers=config.samplers,
-            steps=config.quality_steps,
-            reference_steps=config.reference_steps,
-            reference_sampler=config.reference_sampler,
-            num_samples=config.quality_samples,
-            batch_size=config.quality_batch_size,
-            noise_floor=config.quality_noise_floor,
-            coupled=config.quality_coupled,
-            converged_steps=config.quality_converged_steps,
-            random_shifts=config.quality_random_shifts,
-            ddim_etas=config.quality_ddim_etas,
-        )
-        output["backend"] = keras.backend.backend()
+    output = _WORKERS[kind](BenchConfig.from_dict(payload["config"]), payload["sizes"])
     print(_JSON_PREFIX + json.dumps(json_safe(output)), flush=True)
 
 
@@ -297,17 +307,16 @@ def _fmt(value, spec):
     return format(value, spec)
 
 
-def format_table(result):
-    """The result of `run_bench` as markdown tables (speed, then quality when present).
+def _row(cells):
+    return "| " + " | ".join(cells) + " |"
 
-    Args:
-        result: the dict returned by `run_bench` (or read back from its JSON).
 
-    Returns:
-        str.
-    """
-    settings = result["settings"]
-    peak = result["matmul_peak"]
+def _percent(fraction):
+    return _fmt(None if fraction is None else 100 * fraction, ".0f")
+
+
+def _speed_table(result):
+    settings, peak = result["settings"], result["matmul_peak"]
     lines = [
         f"## dmdiff bench: preset {settings['preset']}, training batch {settings['batch_size']}, "
         f"{result['machine']['cpu_count']} CPU cores",
@@ -322,118 +331,162 @@ def format_table(result):
         if row.get("error"):
             lines.append(f"| {row['backend']} | {row['size']} | error: {row['error'].splitlines()[-1][:120]} |")
             continue
+        lines.append(_row([
+            row["backend"], str(row["size"]), _fmt(row["forward_gflop"], ".3g"), _fmt(row["forward_s"], ".4g"),
+            _fmt(row["forward_gflops"], ".1f"), _percent(row["forward_fraction_of_peak"]),
+            _fmt(row["train_step_s"], ".4g"), _fmt(row["train_maps_per_s"], ".3g"),
+            _percent(row["train_fraction_of_peak"]), f"{row['sampler']} {row['sampling_steps']} steps",
+            _fmt(row["samples_per_s"], ".3g"), _fmt(row["s_per_network_evaluation"], ".4g"),
+            _fmt(row["peak_rss_gib"], ".2f"), _fmt(row["peak_device_memory_gib"], ".2f"),
+        ]))  # fmt: skip
+    return lines
+
+
+def _large_map_table(large):
+    lines = [
+        "",
+        "### One large map through overlapping tiles",
+        "",
+        "| backend | size | parameters | tiles (core + margin) | sampler | s / step | first call s "
+        "| RSS before GiB | peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in large:
+        if row.get("error"):
+            lines.append(f"| {row['backend']} | {row.get('size')} | error: {row['error'].splitlines()[-1][:120]} |")
+            continue
         lines.append(
-            "| "
-            + " | ".join(
-                [
-                    row["backend"],
-                    str(row["size"]),
-                    _fmt(row["forward_gflop"], ".3g"),
-                    _fmt(row["forward_s"], ".4g"),
-                    _fmt(row["forward_gflops"], ".1f"),
-                    _fmt(None if row["forward_fraction_of_peak"] is None else 100 * row["forward_fraction_of_peak"], ".0f"),
-                    _fmt(row["train_step_s"], ".4g"),
-                    _fmt(row["train_maps_per_s"], ".3g"),
-                    _fmt(None if row["train_fraction_of_peak"] is None else 100 * row["train_fraction_of_peak"], ".0f"),
-                    f"{row['sampler']} {row['sampling_steps']} steps",
-                    _fmt(row["samples_per_s"], ".3g"),
-                    _fmt(row["s_per_network_evaluation"], ".4g"),
-                    _fmt(row["peak_rss_gib"], ".2f"),
-                    _fmt(row["peak_device_memory_gib"], ".2f"),
-                ]
-            )
-            + " |"
+            f"| {row['backend']} | {row['size']} | {row['parameters']:,} "
+            f"| {row['tile_size']} + 2x{row['tile_margin']}, {row['tile_batch']} per call "
+            f"| {row['sampler']} | {row['s_per_step']:.2f} | {row['first_call_s']:.1f} "
+            f"| {row['rss_before_gib']:.2f} | {row['peak_rss_gib']:.2f} |"
         )
-    large = result.get("large_map") or []
-    if large:
-        lines += [
-            "",
-            "### One large map through overlapping tiles",
-            "",
-            "| backend | size | parameters | tiles (core + margin) | sampler | s / step | first call s "
-            "| RSS before GiB | peak RSS GiB |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in large:
-            if row.get("error"):
-                lines.append(f"| {row['backend']} | {row.get('size')} | error: {row['error'].splitlines()[-1][:120]} |")
-                continue
-            lines.append(
-                f"| {row['backend']} | {row['size']} | {row['parameters']:,} "
-                f"| {row['tile_size']} + 2x{row['tile_margin']}, {row['tile_batch']} per call "
-                f"| {row['sampler']} | {row['s_per_step']:.2f} | {row['first_call_s']:.1f} "
-                f"| {row['rss_before_gib']:.2f} | {row['peak_rss_gib']:.2f} |"
-            )
-    quality = result.get("quality")
-    if quality:
-        lines += ["", "### Quality against steps"]
-        if quality.get("error"):
-            lines.append(f"error: {quality['error']}")
-        else:
-            ref = quality["reference"]
-            coupling = (
-                f"noise on one grid of {quality['noise_steps']} steps (coupled draws)"
-                if quality.get("noise_steps")
-                else "independent noise per row"
-            )
-            if quality.get("random_shifts") is not None:
-                coupling += "; random shifts " + ("on" if quality["random_shifts"] else "off")
-            lines += [
-                "",
-                f"Reference: {ref['sampler']} with {ref['num_steps']} steps ({ref['seconds']:.1f} s); "
-                f"{quality['num_maps']} maps x {quality['num_samples']} samples; k < {quality['k_max']:g} h/Mpc; "
-                f"{coupling}; reference mean P ratio {_fmt(ref.get('mean_power_ratio'), '.3f')}, "
-                f"P-ratio error vs truth {_fmt(ref['power_ratio_error_vs_truth'], '.3f')}, "
-                f"r(1 < k < 5) of the posterior mean {_fmt(ref['r_posterior_mean'], '.3f')}, coverage "
-                + "/".join(_fmt(c, ".2f") for c in ref["coverage"])
-                + f" at {'/'.join(format(lv, 'g') for lv in quality['levels'])}.",
-            ]
-            repeat = quality.get("reference_repeat")
-            if repeat and not repeat.get("error"):
-                lines.append(
-                    "Noise floor (the reference redrawn with another seed, independent noise): mean P ratio "
-                    f"{_fmt(repeat.get('mean_power_ratio_difference'), '+.4f')} "
-                    f"+- {_fmt(repeat.get('mean_power_ratio_difference_se'), '.4f')}, P-ratio err "
-                    f"{repeat['power_ratio_error_vs_reference']:.4f}, r - r_ref "
-                    f"{repeat['r_difference_vs_reference']:+.3f}, PDF dist {repeat['pdf_distance_vs_reference']:.4f}, "
-                    f"max cov diff {repeat['coverage_difference_vs_reference_points']:.1f} pts."
-                )
+    return lines
 
-            def worst_level(row):
-                # The level with the largest |coverage difference|, with its standard error.
-                differences = row.get("coverage_difference_points")
-                if not differences:
-                    return _fmt(row["coverage_difference_vs_reference_points"], ".1f")
-                worst = int(np.argmax(np.abs(differences)))
-                return f"{differences[worst]:+.1f} +- {row['coverage_difference_se_points'][worst]:.1f}"
 
-            lines += [
-                "",
-                "| sampler | steps | evals | coupling | s | mean P ratio / ref - 1 | P-ratio err vs ref (per k) "
-                "| P-ratio err vs truth | r(k) of mean | r - r_ref | PDF dist vs ref | PDF dist vs truth | coverage "
-                "| largest cov diff (pts) |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-            ]
-            for row in quality["rows"]:
-                if row.get("error"):
-                    lines.append(f"| {row['sampler']} | {row['num_steps']} | error: {row['error']} |")
-                    continue
-                check = " (convergence check)" if row.get("convergence_check") else ""
-                if row.get("eta"):
-                    check += f" (eta {row['eta']:g})"
-                lines.append(
-                    f"| {row['sampler']}{check} | {row['num_steps']} | {row['network_evaluations']} "
-                    f"| {row.get('coupling', '-')} | {row['seconds']:.2f} "
-                    f"| {_fmt(row.get('mean_power_ratio_difference'), '+.4f')} "
-                    f"+- {_fmt(row.get('mean_power_ratio_difference_se'), '.4f')} "
-                    f"| {_fmt(row['power_ratio_error_vs_reference'], '.4f')} "
-                    f"| {_fmt(row['power_ratio_error_vs_truth'], '.4f')} | {_fmt(row['r_posterior_mean'], '.3f')} "
-                    f"| {_fmt(row['r_difference_vs_reference'], '+.3f')} "
-                    f"| {_fmt(row['pdf_distance_vs_reference'], '.4f')} | {_fmt(row['pdf_distance_vs_truth'], '.4f')} "
-                    f"| {'/'.join(_fmt(c, '.2f') for c in row['coverage'])} "
-                    f"| {worst_level(row)} |"
-                )
+def _quality_header(quality):
+    """The reference's line and the noise floor's, above the quality table."""
+    ref = quality["reference"]
+    coupling = (
+        f"noise on one grid of {quality['noise_steps']} steps (coupled draws)"
+        if quality.get("noise_steps")
+        else "independent noise per row"
+    )
+    if quality.get("random_shifts") is not None:
+        coupling += "; random shifts " + ("on" if quality["random_shifts"] else "off")
+    lines = [
+        "",
+        f"Reference: {ref['sampler']} with {ref['num_steps']} steps ({ref['seconds']:.1f} s); "
+        f"{quality['num_maps']} maps x {quality['num_samples']} samples; k < {quality['k_max']:g} h/Mpc; "
+        f"{coupling}; reference mean P ratio {_fmt(ref.get('mean_power_ratio'), '.3f')}, "
+        f"P-ratio error vs truth {_fmt(ref['power_ratio_error_vs_truth'], '.3f')}, "
+        f"r(1 < k < 5) of the posterior mean {_fmt(ref['r_posterior_mean'], '.3f')}, coverage "
+        + "/".join(_fmt(c, ".2f") for c in ref["coverage"])
+        + f" at {'/'.join(format(lv, 'g') for lv in quality['levels'])}.",
+    ]
+    repeat = quality.get("reference_repeat")
+    if repeat and not repeat.get("error"):
+        lines.append(
+            "Noise floor (the reference redrawn with another seed, independent noise): mean P ratio "
+            f"{_fmt(repeat.get('mean_power_ratio_difference'), '+.4f')} "
+            f"+- {_fmt(repeat.get('mean_power_ratio_difference_se'), '.4f')}, P-ratio err "
+            f"{repeat['power_ratio_error_vs_reference']:.4f}, r - r_ref "
+            f"{repeat['r_difference_vs_reference']:+.3f}, PDF dist {repeat['pdf_distance_vs_reference']:.4f}, "
+            f"max cov diff {repeat['coverage_difference_vs_reference_points']:.1f} pts."
+        )
+    return lines
+
+
+def _worst_level(row):
+    """The level with the largest |coverage difference|, with its standard error."""
+    differences = row.get("coverage_difference_points")
+    if not differences:
+        return _fmt(row["coverage_difference_vs_reference_points"], ".1f")
+    worst = int(np.argmax(np.abs(differences)))
+    return f"{differences[worst]:+.1f} +- {row['coverage_difference_se_points'][worst]:.1f}"
+
+
+def _quality_section(quality):
+    lines = ["", "### Quality against steps"]
+    if quality.get("error"):
+        return lines + [f"error: {quality['error']}"]
+    lines += _quality_header(quality) + [
+        "",
+        "| sampler | steps | evals | coupling | s | mean P ratio / ref - 1 | P-ratio err vs ref (per k) "
+        "| P-ratio err vs truth | r(k) of mean | r - r_ref | PDF dist vs ref | PDF dist vs truth | coverage "
+        "| largest cov diff (pts) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in quality["rows"]:
+        if row.get("error"):
+            lines.append(f"| {row['sampler']} | {row['num_steps']} | error: {row['error']} |")
+            continue
+        check = " (convergence check)" if row.get("convergence_check") else ""
+        if row.get("eta"):
+            check += f" (eta {row['eta']:g})"
+        lines.append(_row([
+            f"{row['sampler']}{check}", str(row["num_steps"]), str(row["network_evaluations"]),
+            str(row.get("coupling", "-")), f"{row['seconds']:.2f}",
+            f"{_fmt(row.get('mean_power_ratio_difference'), '+.4f')} "
+            f"+- {_fmt(row.get('mean_power_ratio_difference_se'), '.4f')}",
+            _fmt(row["power_ratio_error_vs_reference"], ".4f"), _fmt(row["power_ratio_error_vs_truth"], ".4f"),
+            _fmt(row["r_posterior_mean"], ".3f"), _fmt(row["r_difference_vs_reference"], "+.3f"),
+            _fmt(row["pdf_distance_vs_reference"], ".4f"), _fmt(row["pdf_distance_vs_truth"], ".4f"),
+            "/".join(_fmt(c, ".2f") for c in row["coverage"]), _worst_level(row),
+        ]))  # fmt: skip
+    return lines
+
+
+def format_table(result):
+    """The result of `run_bench` as markdown tables (speed, then quality when present).
+
+    Args:
+        result: the dict returned by `run_bench` (or read back from its JSON).
+
+    Returns:
+        str.
+    """
+    lines = _speed_table(result)
+    if result.get("large_map"):
+        lines += _large_map_table(result["large_map"])
+    if result.get("quality"):
+        lines += _quality_section(result["quality"])
     return "\n".join(lines)
+
+
+def _speed_rows(config, peak, say):
+    """Every backend's speed rows, one worker per group of sizes, as fractions of `peak` too."""
+    groups = [[size] for size in config.sizes] if config.process_per_size else [config.sizes]
+    rows = []
+    for backend in config.backends:
+        for group in groups:
+            say(f"[bench] {backend} {','.join(map(str, group))} ...", flush=True)
+            output = _run_worker(backend, "speed", config, sizes=group)
+            worker_rows = output.get("rows") or [{"size": size, "error": output.get("error")} for size in group]
+            for row in worker_rows:
+                full = {field: None for field in ROW_FIELDS}
+                full.update(row)
+                full["backend"] = backend
+                if full["error"] is None:
+                    full["forward_fraction_of_peak"] = full["forward_gflops"] / peak["gflops"]
+                    full["train_fraction_of_peak"] = full["train_gflops"] / peak["gflops"]
+                rows.append(full)
+    return rows
+
+
+def _large_map_rows(config, say):
+    """One row per backend for the large tiled map (none unless `large_map_size` is set)."""
+    rows = []
+    if config.large_map_size:
+        for backend in config.backends:
+            say(f"[bench] {backend} one {config.large_map_size}x{config.large_map_size} map in "
+                f"{config.large_map_tile}-pixel tiles ...", flush=True)  # fmt: skip
+            output = _run_worker(backend, "large_map", config)
+            output["backend"] = backend
+            output.setdefault("size", int(config.large_map_size))
+            output.setdefault("error", None)
+            rows.append(output)
+    return rows
 
 
 def run_bench(config=None, *, json_path=None, verbose=True, **settings):
@@ -481,33 +534,8 @@ def run_bench(config=None, *, json_path=None, verbose=True, **settings):
     peak = matmul_peak(c.matmul_size, c.repeats)
     say(f"[bench] {peak['gflops']:.1f} GFLOP/s", flush=True)
 
-    groups = [[size] for size in c.sizes] if c.process_per_size else [c.sizes]
-    rows = []
-    for backend in c.backends:
-        for group in groups:
-            say(f"[bench] {backend} {','.join(map(str, group))} ...", flush=True)
-            output = _run_worker(backend, "speed", c, sizes=group)
-            worker_rows = output.get("rows") or [{"size": size, "error": output.get("error")} for size in group]
-            for row in worker_rows:
-                full = {field: None for field in ROW_FIELDS}
-                full.update(row)
-                full["backend"] = backend
-                if full["error"] is None:
-                    full["forward_fraction_of_peak"] = full["forward_gflops"] / peak["gflops"]
-                    full["train_fraction_of_peak"] = full["train_gflops"] / peak["gflops"]
-                rows.append(full)
-
-    large_map = []
-    if c.large_map_size:
-        for backend in c.backends:
-            say(f"[bench] {backend} one {c.large_map_size}x{c.large_map_size} map in {c.large_map_tile}-pixel "
-                "tiles ...", flush=True)  # fmt: skip
-            output = _run_worker(backend, "large_map", c)
-            output["backend"] = backend
-            output.setdefault("size", int(c.large_map_size))
-            output.setdefault("error", None)
-            large_map.append(output)
-
+    rows = _speed_rows(c, peak, say)
+    large_map = _large_map_rows(c, say)
     quality = None
     if c.quality_model is not None:
         say(f"[bench] quality against steps ({c.quality_backend}) ...", flush=True)
