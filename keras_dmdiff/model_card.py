@@ -43,8 +43,20 @@ def _mean_network_facts(train_dir, config):
             "steps": config["mean_steps"],
             "parameters": done.get("parameters"),
             "final_val_mse": _float_or_none(history[-1].get("val_loss")),
-            "wall_time_s_last_session": done.get("wall_time_s_last_session"),
+            **_wall_time(train_dir / "mean", done),
         }
+    }
+
+
+def _wall_time(train_dir, done):
+    """Training time over every session (`epoch_seconds` of history.csv), and of the last one."""
+    from keras_dmdiff.training import total_wall_time
+
+    seconds, timed = total_wall_time(train_dir / "history.csv")
+    return {
+        "wall_time_s": seconds,
+        "epochs_timed": f"{timed} of {len(_read_history(train_dir / 'history.csv'))}",
+        "wall_time_s_last_session": done.get("wall_time_s_last_session"),
     }
 
 
@@ -78,7 +90,7 @@ def collect_card(run_dir, *, train="train", evaluation="evaluate", data_descript
             "final_loss": float(last["loss"]),
             "final_val_loss": _float_or_none(last.get("val_loss")),
             "final_val_elbo_bpd": _float_or_none(last.get("val_elbo_bpd")),
-            "wall_time_s_last_session": done.get("wall_time_s_last_session"),
+            **_wall_time(run_dir / train, done),
             "backend": done.get("backend"),
             "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
             **_mean_network_facts(run_dir / train, config),

@@ -182,6 +182,42 @@ class ResumableCSVLogger(keras.callbacks.Callback):
         self._write(fields, rows)
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Adds `epoch_seconds`, the epoch's wall time, to the logs (so to history.csv).
+
+    Summed over history.csv (`total_wall_time`), it is the run's training time
+    over every session that resumed it, each epoch counted once.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.time() - self._start
+
+
+def total_wall_time(history_path):
+    """`(seconds, epochs timed)`: the `epoch_seconds` of a run's history.csv, summed.
+
+    Epochs written before the column existed are not counted, hence the count.
+
+    Args:
+        history_path: a history.csv written by `train`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "history.csv"
+        >>> _ = path.write_text("epoch,loss,epoch_seconds\\n0,1.0,\\n1,0.5,60.5\\n2,0.4,59.5\\n")
+        >>> total_wall_time(path)
+        (120.0, 2)
+    """
+    with open(history_path, newline="") as handle:
+        values = [row.get("epoch_seconds") for row in csv.DictReader(handle)]
+    timed = [float(value) for value in values if value not in (None, "")]
+    return round(sum(timed), 1), len(timed)
+
+
 class WallTimeLimit(keras.callbacks.Callback):
     """Stops `fit` at the end of an epoch when the next one would pass a deadline.
 
@@ -430,6 +466,7 @@ def _fit(model, config, run_dir, steps, verbose, deadline=None):
     if config.science.every_epochs and isinstance(model, VariationalDiffusion):
         callbacks.append(_posterior_monitor(config, run_dir))
     callbacks += [
+        EpochTimer(),  # after the monitor, so its sampling counts in the epoch's time
         ResumableCSVLogger(run_dir / "history.csv"),
         keras.callbacks.TensorBoard(os.fspath(run_dir / "logs"), update_freq="epoch", write_graph=False),
     ]
@@ -456,11 +493,14 @@ def _fit(model, config, run_dir, steps, verbose, deadline=None):
         return None
     with atomic_files.replacing(final_path) as temporary:
         model.save(temporary)
+    wall_time, epochs_timed = total_wall_time(run_dir / "history.csv")  # over every session
     atomic_files.write_json(
         run_dir / "done.json",
         {
             "steps": steps,
             "wall_time_s_last_session": round(time.time() - start, 1),
+            "wall_time_s": wall_time,
+            "epochs_timed": epochs_timed,
             "backend": keras.backend.backend(),
             "parameters": int(model.network.count_params()),
         },

@@ -91,6 +91,12 @@ def test_killed_run_resumes_and_continues_the_loss_curve(cmd_dirs, tmp_path, mon
     assert epochs == [0, 1, 2]  # resumed at epoch 2, not from scratch
     # ...and no optimiser step was repeated: 3 epochs of 2 steps in all.
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 6
+    # The training time spans both sessions: every epoch timed once, the last session's part of it.
+    seconds = [float(row["epoch_seconds"]) for row in read_history(run / "history.csv")]
+    done = json.loads((run / "done.json").read_text())
+    assert all(value > 0 for value in seconds) and done["epochs_timed"] == 3
+    assert done["wall_time_s"] == pytest.approx(sum(seconds), abs=0.1)
+    assert done["wall_time_s"] > seconds[-1] and done["wall_time_s_last_session"] >= seconds[-1]
 
 
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(cmd_dirs, tmp_path, monkeypatch):
@@ -212,3 +218,12 @@ def test_science_monitor_logs_posterior_statistics_and_keeps_the_best_model(cmd_
     assert TrainConfig.from_dict(stored).science.every_epochs == 2
     with pytest.raises(ValueError, match="samples >= 2"):
         TrainConfig.from_dict({"science": {"every_epochs": 1, "samples": 1}})
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from keras_dmdiff import training
+
+    result = doctest.testmod(training)
+    assert result.attempted > 0 and result.failed == 0
