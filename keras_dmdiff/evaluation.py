@@ -56,7 +56,7 @@ from keras_dmdiff import atomic_files
 from keras_dmdiff.baselines import ConditionalMeanBaseline, periodic_gaussian_smooth, stellar_tracer
 from keras_dmdiff.map_checks import validate_maps
 from keras_dmdiff.posterior import PosteriorSampler, SamplingOptions, load_keras_file, load_posterior
-from keras_dmdiff.posterior_metrics import MeasurePlan, measure
+from keras_dmdiff.posterior_metrics import MeasurePlan, MeasureSettings, measure
 from keras_dmdiff.sample_store import SampleStore
 
 DIFFUSION = "diffusion"
@@ -269,10 +269,7 @@ def evaluate(
     out_dir=None,
     metadata=None,
     maps_per_call=None,
-    pixels_per_map=2048,
-    num_apertures=5,
-    aperture_radius=None,
-    example_index=0,
+    measure_settings=None,
     figures=True,
     progress=True,
 ):
@@ -316,14 +313,9 @@ def evaluate(
             path, dataset, split, ...).
         maps_per_call: maps per sampler call (and per resume step); default
             `max(1, options.batch_size // num_samples)`.
-        pixels_per_map: pixels per map (random, fixed by `seed`) used for the
-            pixel calibration statistics; bounds memory (at most
-            `posterior_metrics.MAX_PIXEL_FEATURES` pixels are pooled over all maps).
-        num_apertures: apertures per map, centred on the brightest stellar
-            pixels (chosen from the conditioning data, so the selection does not
-            bias the ranks).
-        aperture_radius: in Mpc/h; default `min(1, box_size / 8)`.
-        example_index: the map shown in `maps.png`.
+        measure_settings: a `posterior_metrics.MeasureSettings` (pixels per
+            map for the pixel calibration, apertures, the example map); None:
+            the defaults.
         figures: write the PNG figures (needs `out_dir`).
         progress: show tqdm progress bars.
 
@@ -367,6 +359,7 @@ def evaluate(
             f"keras_dmdiff.posterior.PosteriorFunction); got {type(posterior).__name__}."
         )
     options = posterior.resolve_options(SamplingOptions() if options is None else options)
+    measure_settings = MeasureSettings() if measure_settings is None else measure_settings
     stars, dm = collect_maps(dataset_batches, max_maps)
     n, size, _ = stars.shape
     if maps_per_call is None:
@@ -391,7 +384,7 @@ def evaluate(
         "box_size": box_size,
         "num_maps": n,
         "map_size": size,
-        "pixels_per_map": int(pixels_per_map),
+        "pixels_per_map": int(measure_settings.pixels_per_map),
     }
     meta = {**_metadata_defaults(), **(metadata or {})}
 
@@ -411,10 +404,8 @@ def evaluate(
         _draw_missing(store, posterior, options, stars, settings, progress)
         store.finish()
         plan = MeasurePlan.for_maps(
-            n, size, num_samples=num_samples, box_size=box_size, seed=seed, pixels_per_map=pixels_per_map,
-            num_apertures=num_apertures, aperture_radius=aperture_radius,
+            n, size, num_samples=num_samples, box_size=box_size, seed=seed, settings=measure_settings,
             grid_period=posterior.stride,  # the grid any network artefacts would sit on
-            example_index=example_index,
         )
         predictions = {name: _predict_baseline(b, stars, dm) for name, b in chosen.items()}
         metrics = measure(store.samples, stars, dm, plan, predictions, progress)
@@ -523,7 +514,7 @@ def run_evaluation(
         box_size: side of the *full* stored maps in Mpc/h (CMD: 25); the box
             of a tile is `box_size * crop_size / map_size`.
         progress: show progress bars.
-        **evaluate_kwargs: passed to `evaluate` (e.g. `pixels_per_map`).
+        **evaluate_kwargs: passed to `evaluate` (e.g. `measure_settings`).
 
     Returns:
         The metrics dict (also written to `out_dir/metrics.json`).

@@ -35,6 +35,27 @@ MAX_PIXEL_FEATURES = 500_000
 
 
 @dataclasses.dataclass(frozen=True)
+class MeasureSettings:
+    """What a caller chooses about the measurement (the rest follows from the maps).
+
+    Args:
+        pixels_per_map: pixels per map (random, fixed by the seed) pooled for
+            the pixel calibration; bounds memory (at most `MAX_PIXEL_FEATURES`
+            pixels over all maps).
+        num_apertures: apertures per map, centred on the brightest stellar
+            pixels (chosen from the conditioning data, so the selection does
+            not bias the ranks); 0: none.
+        aperture_radius: in Mpc/h; None: `min(1, box_size / 8)`.
+        example_index: the map shown in `maps.png`.
+    """
+
+    pixels_per_map: int = 2048
+    num_apertures: int = 5
+    aperture_radius: float | None = None
+    example_index: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class MeasurePlan:
     """What every map is measured on.
 
@@ -62,23 +83,26 @@ class MeasurePlan:
     example_index: int = 0
 
     @classmethod
-    def for_maps(cls, num_maps, map_size, *, num_samples, box_size, seed, pixels_per_map=2048,
-                 num_apertures=5, aperture_radius=None, grid_period=16, example_index=0):
+    def for_maps(cls, num_maps, map_size, *, num_samples, box_size, seed, grid_period=16, settings=None):
         """The plan for `num_maps` square maps of `map_size` pixels (log k bins).
 
-        `aperture_radius` None: `min(1, box_size / 8)` Mpc/h. The pixel subset
-        is at most `pixels_per_map` and at most `MAX_PIXEL_FEATURES` in all.
+        Args:
+            num_maps, map_size: the maps measured.
+            num_samples, box_size, seed, grid_period: as the fields.
+            settings: a `MeasureSettings` (None: the defaults).
         """
+        settings = MeasureSettings() if settings is None else settings
+        radius = settings.aperture_radius
         return cls(
             num_samples=int(num_samples),
             box_size=float(box_size),
             seed=int(seed),
             k_edges=stats.k_bin_edges(map_size, box_size, bins="log"),
-            pixels=min(int(pixels_per_map), map_size * map_size, max(16, MAX_PIXEL_FEATURES // num_maps)),
-            num_apertures=int(num_apertures),
-            aperture_radius=min(1.0, box_size / 8) if aperture_radius is None else float(aperture_radius),
+            pixels=min(int(settings.pixels_per_map), map_size * map_size, max(16, MAX_PIXEL_FEATURES // num_maps)),
+            num_apertures=int(settings.num_apertures),
+            aperture_radius=min(1.0, box_size / 8) if radius is None else float(radius),
             grid_period=int(grid_period),
-            example_index=int(np.clip(example_index, 0, num_maps - 1)),
+            example_index=int(np.clip(settings.example_index, 0, num_maps - 1)),
         )
 
 

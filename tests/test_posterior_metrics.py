@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from keras_dmdiff import posterior_metrics
-from keras_dmdiff.posterior_metrics import MAX_PIXEL_FEATURES, MeasurePlan, measure
+from keras_dmdiff.posterior_metrics import MAX_PIXEL_FEATURES, MeasurePlan, MeasureSettings, measure
 
 pytestmark = pytest.mark.backend_independent
 
@@ -14,11 +14,12 @@ def _truth(n=3, size=32, seed=0):
 
 
 def test_plan_caps_pixels_and_clips_the_example():
-    plan = MeasurePlan.for_maps(1000, 64, num_samples=4, box_size=25.0, seed=0, example_index=5000)
+    plan = MeasurePlan.for_maps(1000, 64, num_samples=4, box_size=25.0, seed=0,
+                                settings=MeasureSettings(example_index=5000))
     assert plan.pixels == MAX_PIXEL_FEATURES // 1000
     assert plan.example_index == 999
     assert plan.aperture_radius == 1.0
-    small = MeasurePlan.for_maps(2, 8, num_samples=4, box_size=4.0, seed=0, pixels_per_map=2048)
+    small = MeasurePlan.for_maps(2, 8, num_samples=4, box_size=4.0, seed=0)
     assert small.pixels == 64  # never more than the map has
     assert small.aperture_radius == 0.5  # box / 8
     np.testing.assert_allclose(small.k_edges, posterior_metrics.stats.k_bin_edges(8, 4.0, bins="log"))
@@ -30,7 +31,7 @@ def test_samples_with_twice_the_contrast_have_exact_metrics():
     doubled = mean + 2.0 * (truth - mean)  # the overdensity doubled, still > 0
     assert doubled.min() > 0
     samples = np.repeat(doubled[:, None], 4, axis=1)
-    plan = MeasurePlan.for_maps(3, 32, num_samples=4, box_size=25.0, seed=0, num_apertures=2)
+    plan = MeasurePlan.for_maps(3, 32, num_samples=4, box_size=25.0, seed=0, settings=MeasureSettings(num_apertures=2))
     metrics = measure(lambda i: samples[i], truth, truth, plan, predictions={"perfect": (truth, truth)})
     summary = metrics["summary"]
     # P(k) of the overdensity: every ratio is 4, and r(k) does not see the factor.
