@@ -41,8 +41,9 @@ def _mean_network_facts(train_dir, config):
     return {
         "mean_network": {
             "steps": config["mean_steps"],
+            "objective": config.get("mean_objective", "log_mse"),
             "parameters": done.get("parameters"),
-            "final_val_mse": _float_or_none(history[-1].get("val_loss")),
+            "final_val_loss": _float_or_none(history[-1].get("val_loss")),
             **_wall_time(train_dir / "mean", done),
         }
     }

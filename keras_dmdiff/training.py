@@ -32,6 +32,7 @@ import numpy as np
 from keras_dmdiff import atomic_files
 from keras_dmdiff.checkpoint import ResumableCheckpoint
 from keras_dmdiff.models import VariationalDiffusion, network_from_preset
+from keras_dmdiff.models.regression_unet import OBJECTIVES as MEAN_OBJECTIVES
 from keras_dmdiff.science_monitor import MonitorConfig, PosteriorMonitor
 from keras_dmdiff.settings import from_fields
 from keras_dmdiff.stats.power_spectrum import DEFAULT_BOX_SIZE
@@ -68,6 +69,8 @@ class TrainConfig:
         residual: train a regression U-Net mu(stars) first (same preset, data
             and optimiser settings) and the diffusion on y - mu(stars).
         mean_steps: optimiser steps of that regression U-Net.
+        mean_objective: its objective, one of `RegressionUNet`'s ("log_mse",
+            the reference; "poisson", whose minimiser is the linear-space mean).
         science: a `keras_dmdiff.science_monitor.MonitorConfig` (or its dict):
             every `every_epochs` epochs, sample held-out validation maps and
             log the posterior's statistics; keeps `best.keras` (0: off).
@@ -98,6 +101,7 @@ class TrainConfig:
     importance_sampling: bool = False
     residual: bool = False
     mean_steps: int = 0
+    mean_objective: str = "log_mse"
     science: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
 
     def __post_init__(self):
@@ -133,6 +137,10 @@ class TrainConfig:
         self.science.validate()
         if not self.residual and self.mean_steps:
             raise ValueError("`mean_steps` is the residual mode's setting: set `residual = true` or drop it.")
+        if not self.residual and self.mean_objective != "log_mse":
+            raise ValueError("`mean_objective` is the residual mode's setting: set `residual = true` or drop it.")
+        if self.mean_objective not in MEAN_OBJECTIVES:
+            raise ValueError(f"Unknown `mean_objective` {self.mean_objective!r}; choose one of {MEAN_OBJECTIVES}.")
 
 
 class ResumableCSVLogger(keras.callbacks.Callback):
@@ -431,7 +439,7 @@ def _train_mean_network(config, run_dir, transform, verbose, deadline):
     if not ((run_dir / "done.json").exists() and final_path.exists()):
         keras.utils.set_random_seed(config.seed)
         network = network_from_preset(config.preset, **config.network)
-        model = RegressionUNet(network=network, transform=transform.get_config())
+        model = RegressionUNet(network=network, transform=transform.get_config(), objective=config.mean_objective)
         if _fit(model, config, run_dir, config.mean_steps, verbose, deadline) is None:
             return None
     return keras.saving.load_model(final_path, compile=False)

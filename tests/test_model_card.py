@@ -36,7 +36,8 @@ def test_the_card_names_the_objective_the_elbo_and_the_mean_network(tmp_path):
     training = card["training"]
     assert training["objective"] == "sigmoid weighting, v-prediction"
     assert training["final_loss"] == -2.0 and training["final_val_elbo_bpd"] == -3.75
-    assert training["mean_network"] == {"steps": 300, "parameters": 900, "final_val_mse": 0.5, "wall_time_s": 3.5,
+    assert training["mean_network"] == {"steps": 300, "objective": "log_mse", "parameters": 900,
+                                        "final_val_loss": 0.5, "wall_time_s": 3.5,
                                         "epochs_timed": "1 of 1", "wall_time_s_last_session": 7.0}
     assert (training["wall_time_s"], training["epochs_timed"]) == (40.5, "1 of 2")
     card["name"] = "tiny"

@@ -69,3 +69,44 @@ def test_regression_unet_rejects_bad_input(maps):
         model.predict_maps(np.log10(1 + stars))
     with pytest.raises(ValueError, match="dark-matter"):
         model.compute_loss(x=stars, y=None)
+
+
+def deviance_model(objective):
+    transform = MapTransform(dark_matter_mean=10.0, dark_matter_std=0.5)
+    return RegressionUNet(network=network_from_preset("tiny"), transform=transform, objective=objective)
+
+
+def test_poisson_deviance_has_its_exact_value():
+    model = deviance_model("poisson")
+    dark_matter = np.array([1e10, 1e11, 1e9, 3e10], np.float32).reshape(1, 2, 2)
+    predicted = np.full((1, 2, 2, 1), 4e10, np.float32)
+    normalised = (np.log10(predicted) - 10.0) / 0.5
+    loss = float(model.compute_loss(x=None, y=dark_matter, y_pred=normalised))
+    truth, mean = dark_matter.ravel() / 1e10, 4.0
+    expected = np.mean(2 * (truth * np.log(truth / mean) - truth + mean))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    exact = (np.log10(dark_matter[..., None]) - 10.0) / 0.5
+    assert abs(float(model.compute_loss(x=None, y=dark_matter, y_pred=exact))) < 1e-5
+
+
+@pytest.mark.parametrize("objective", ["log_mse", "poisson"])
+def test_each_objective_is_minimised_by_its_mean(objective):
+    # Two truths for one prediction: the Poisson deviance is least at their arithmetic mean,
+    # the log-space MSE at their geometric mean.
+    model = deviance_model(objective)
+    dark_matter = np.array([1e10, 9e10], np.float32).reshape(2, 1, 1)
+    candidates = np.linspace(2e10, 6e10, 401)
+    losses = [
+        float(model.compute_loss(x=None, y=dark_matter, y_pred=np.full((2, 1, 1, 1), (np.log10(c) - 10.0) / 0.5)))
+        for c in candidates
+    ]
+    best = candidates[int(np.argmin(losses))]
+    expected = 5e10 if objective == "poisson" else 3e10
+    assert abs(best - expected) <= candidates[1] - candidates[0]
+
+
+def test_the_objective_round_trips_and_a_wrong_one_is_named(tmp_path):
+    model = deviance_model("poisson")
+    assert RegressionUNet.from_config(model.get_config()).objective == "poisson"
+    with pytest.raises(ValueError, match="objective 'mse'.*log_mse"):
+        RegressionUNet(network=network_from_preset("tiny"), objective="mse")

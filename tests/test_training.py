@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import os
 
@@ -196,6 +197,14 @@ def test_residual_settings_are_checked():
         TrainConfig.from_dict({"residual": True, "steps": 4, "steps_per_epoch": 2})
     with pytest.raises(ValueError, match="residual = true"):
         TrainConfig.from_dict({"mean_steps": 2, "steps": 4, "steps_per_epoch": 2})
+    with pytest.raises(ValueError, match="mean_objective.*residual = true"):
+        TrainConfig.from_dict({"mean_objective": "poisson", "steps": 4, "steps_per_epoch": 2})
+    with pytest.raises(ValueError, match="Unknown `mean_objective` 'linear'"):
+        TrainConfig.from_dict({"residual": True, "mean_steps": 2, "mean_objective": "linear", "steps": 4,
+                               "steps_per_epoch": 2})
+    config = TrainConfig.from_dict({"residual": True, "mean_steps": 2, "mean_objective": "poisson", "steps": 4,
+                                    "steps_per_epoch": 2})
+    assert TrainConfig.from_dict(dataclasses.asdict(config)) == config
 
 
 def test_science_monitor_logs_posterior_statistics_and_keeps_the_best_model(cmd_dirs, tmp_path):
