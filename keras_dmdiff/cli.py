@@ -2,6 +2,7 @@
 
     dmdiff mock         write mock CAMELS (CMD) map files
     dmdiff train        train a model (flags or a recipe's [train] table)
+    dmdiff distill      distil a trained model into fewer sampling steps
     dmdiff run          run a recipe file (recipes/*.toml) end to end
     dmdiff reconstruct  stellar-mass map(s) -> posterior dark-matter samples (HDF5 + PNG)
     dmdiff evaluate     statistics and calibration of a model on a dataset split
@@ -103,6 +104,31 @@ def _run_train(args):
         print(f"stopped by the time limit; rerun the same command to resume {args.out}")
         return
     print(f"model: {pathlib.Path(args.out) / ('mean' if args.mean_only else '') / 'model.keras'}")
+
+
+def _add_distill(subparsers):
+    parser = subparsers.add_parser(
+        "distill",
+        help="distil a trained model into a few-step student (resumable)",
+        description="Progressive distillation: halve a trained model's DDIM steps round after round "
+        "(--set teacher=PATH teacher_steps=256 student_steps=8 steps=...; the other keys are "
+        "keras_dmdiff.distillation.DistillConfig's, JSON values). Re-running resumes a killed run.",
+    )
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--verbose", type=int, default=2, help="1: progress bar, 2: one line per epoch")
+    _add_time_limit(parser)
+    parser.set_defaults(func=_run_distill)
+
+
+def _run_distill(args):
+    from keras_dmdiff.distillation import distill
+
+    student = distill(_parse_settings(args.settings), args.out, verbose=args.verbose, time_limit_s=args.time_limit)
+    if student is None:
+        print(f"stopped by the time limit; rerun the same command to resume {args.out}")
+        return
+    print(f"student: {pathlib.Path(args.out) / 'model.keras'} ({student.distilled_steps} DDIM steps)")
 
 
 def _add_time_limit(parser):
@@ -423,7 +449,7 @@ def build_parser():
         description="Posterior dark-matter maps from stellar-mass maps (conditional variational diffusion).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_mock, _add_train, _add_run, _add_reconstruct, _add_evaluate, _add_export, _add_bench):
+    for add in (_add_mock, _add_train, _add_distill, _add_run, _add_reconstruct, _add_evaluate, _add_export, _add_bench):
         add(subparsers)
     return parser
 

@@ -141,6 +141,8 @@ def _metadata(model, samplers, backend, stride, jax_platforms, random_shifts):
         "samplers": list(samplers),
         "default_sampler": samplers[0],
         "random_shifts": bool(random_shifts),
+        # A distilled student (models.distillation) is right only at its own DDIM step count.
+        "distilled_steps": getattr(model, "distilled_steps", None),
         "endpoints": endpoints,
         "units": "stellar_mass in and dark matter out: (Msun/h)/(Mpc/h)^2, physical (not log)",
         "inputs": {
@@ -244,6 +246,12 @@ def export_saved_model(
     for sampler in samplers:
         if sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler {sampler!r}; choose among {sorted(SAMPLERS)}.")
+    distilled_steps = getattr(model, "distilled_steps", None)
+    if distilled_steps is not None and samplers != ("ddim",):
+        raise ValueError(
+            f"This student was distilled for {distilled_steps} DDIM steps: export it with samplers=['ddim'], "
+            f"not {list(samplers)}."
+        )
     if not model.built:
         model.build()
     stride = int(model.stride)
@@ -513,6 +521,12 @@ class ExportedSampler:
                 raise ValueError(f"{name} must be an int >= 1; got {value!r}.")
         if not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an int; got {type(seed).__name__}.")
+        distilled_steps = self.metadata.get("distilled_steps")
+        if distilled_steps is not None and num_steps != distilled_steps:
+            raise ValueError(
+                f"This student was distilled for {distilled_steps} DDIM steps, not {num_steps}: "
+                f"sample it with num_steps={distilled_steps}."
+            )
         maps = map_checks.validate_maps(stellar_mass, "stellar_mass", stride=self.stride)
         count, height, width = maps.shape
         draw = getattr(self.module, self.metadata["endpoints"][sampler]["draw"])

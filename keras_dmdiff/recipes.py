@@ -5,6 +5,7 @@ tables, each with a `kind`:
 
     mock      write mock CMD files        (keras_dmdiff.mock.write_cmd_files)
     train     train a model               (keras_dmdiff.training.train)
+    distill   fewer sampling steps        (keras_dmdiff.distillation.distill)
     evaluate  statistics and calibration  (keras_dmdiff.evaluation.run_evaluation)
     export    SavedModel                  (keras_dmdiff.export.export_saved_model)
     large_volume  one big mock box, whole and tiled (keras_dmdiff.large_volume)
@@ -34,7 +35,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
 from keras_dmdiff import atomic_files
 from keras_dmdiff.posterior import SamplingOptions, load_keras_posterior
 
-RUN_STEP_KINDS = ("mock", "train", "evaluate", "export", "large_volume", "cross_suite", "ship", "bench")
+RUN_STEP_KINDS = ("mock", "train", "distill", "evaluate", "export", "large_volume", "cross_suite", "ship", "bench")
 
 
 def load_recipe(path):
@@ -80,6 +81,10 @@ def _step_keys(kind):
         from keras_dmdiff.training import TrainConfig
 
         return {"kind", "out", "verbose"} | {field.name for field in dataclasses.fields(TrainConfig)}
+    if kind == "distill":
+        from keras_dmdiff.distillation import DistillConfig
+
+        return {"kind", "out", "verbose"} | {field.name for field in dataclasses.fields(DistillConfig)}
     if kind == "evaluate":
         return {"kind"} | set(_EVALUATE_PATHS) | _evaluate_settings() | _SAMPLING_KEYS
     if kind == "bench":
@@ -108,11 +113,27 @@ def _step_train(step, run_dir, time_limit_s=None):
     """Returns False when the time limit stopped the training before its end."""
     from keras_dmdiff.training import train
 
+    out = _resolve(run_dir, step.get("out", "train"))
+    return train(_training_settings(step, run_dir), out, verbose=step.get("verbose", 2),
+                 time_limit_s=time_limit_s) is not None
+
+
+def _training_settings(step, run_dir):
+    """A training or distillation step's settings, its data folders resolved in the run folder."""
     settings = {k: v for k, v in step.items() if k not in ("kind", "out", "verbose")}
     settings["data_dir"] = _resolve(run_dir, settings.get("data_dir", "tfds"))
     settings["manual_dir"] = _resolve(run_dir, settings.get("manual_dir"))
-    out = _resolve(run_dir, step.get("out", "train"))
-    return train(settings, out, verbose=step.get("verbose", 2), time_limit_s=time_limit_s) is not None
+    return settings
+
+
+def _step_distill(step, run_dir, time_limit_s=None):
+    """Returns False when the time limit stopped the distillation before its end."""
+    from keras_dmdiff.distillation import distill
+
+    settings = _training_settings(step, run_dir)
+    settings["teacher"] = _resolve(run_dir, settings.get("teacher", "train/model.keras"))
+    out = _resolve(run_dir, step.get("out", "distill"))
+    return distill(settings, out, verbose=step.get("verbose", 2), time_limit_s=time_limit_s) is not None
 
 
 def _sampling_options(step):
@@ -210,9 +231,10 @@ def _step_bench(step, run_dir):
     run_bench(BenchConfig.from_dict(settings), json_path=out)
 
 
+# The steps that train, and stop at the recipe's time limit.
+_TIMED_STEPS = {"train": _step_train, "distill": _step_distill}
 _STEPS = {
     "mock": _step_mock,
-    "train": _step_train,
     "evaluate": _step_evaluate,
     "export": _step_export,
     "large_volume": _step_large_volume,
@@ -229,8 +251,8 @@ def run_recipe(path, out_dir=None, time_limit_s=None):
         path: the recipe .toml.
         out_dir: the run folder; a copy of the recipe is kept in it.
         time_limit_s: None, or wall-time seconds for this call: a training
-            step stops cleanly at its last checkpoint that fits, and the
-            recipe stops there; rerunning resumes.
+            or distillation step stops cleanly at its last checkpoint that
+            fits, and the recipe stops there; rerunning resumes.
 
     Returns:
         The run folder as a pathlib.Path.
@@ -248,9 +270,9 @@ def run_recipe(path, out_dir=None, time_limit_s=None):
     for index, step in enumerate(recipe.get("steps", [])):
         start = time.time()
         print(f"[{path.stem}] step {index + 1}/{len(recipe['steps'])}: {step['kind']}", flush=True)
-        if step["kind"] == "train":
+        if step["kind"] in _TIMED_STEPS:
             remaining = None if deadline is None else deadline - time.time()
-            if not _step_train(step, run_dir, remaining):
+            if not _TIMED_STEPS[step["kind"]](step, run_dir, remaining):
                 print(f"[{path.stem}] stopped by the time limit; rerun to resume.", flush=True)
                 return run_dir
         else:

@@ -115,20 +115,7 @@ class TrainConfig:
         return config
 
     def validate(self):
-        for name in ("batch_size", "steps", "steps_per_epoch", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"Training setting `{name}` must be >= 1; got {getattr(self, name)}.")
-        if self.checkpoint_every % self.steps_per_epoch:
-            raise ValueError(
-                f"`checkpoint_every` ({self.checkpoint_every}) must be a multiple of `steps_per_epoch` "
-                f"({self.steps_per_epoch}): checkpoints are taken at epoch ends."
-            )
-        if self.steps % self.steps_per_epoch:
-            raise ValueError(
-                f"`steps` ({self.steps}) must be a multiple of `steps_per_epoch` ({self.steps_per_epoch})."
-            )
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0; got {self.learning_rate}.")
+        check_schedule(self)
         if self.residual and (self.mean_steps < 1 or self.mean_steps % self.steps_per_epoch):
             raise ValueError(
                 f"A residual run needs `mean_steps` >= 1, a multiple of `steps_per_epoch` "
@@ -141,6 +128,24 @@ class TrainConfig:
             raise ValueError("`mean_objective` is the residual mode's setting: set `residual = true` or drop it.")
         if self.mean_objective not in MEAN_OBJECTIVES:
             raise ValueError(f"Unknown `mean_objective` {self.mean_objective!r}; choose one of {MEAN_OBJECTIVES}.")
+
+
+def check_schedule(config):
+    """Checks the step counts and learning rate of a training or distillation configuration."""
+    for name in ("batch_size", "steps", "steps_per_epoch", "checkpoint_every"):
+        if int(getattr(config, name)) < 1:
+            raise ValueError(f"Training setting `{name}` must be >= 1; got {getattr(config, name)}.")
+    if config.checkpoint_every % config.steps_per_epoch:
+        raise ValueError(
+            f"`checkpoint_every` ({config.checkpoint_every}) must be a multiple of `steps_per_epoch` "
+            f"({config.steps_per_epoch}): checkpoints are taken at epoch ends."
+        )
+    if config.steps % config.steps_per_epoch:
+        raise ValueError(
+            f"`steps` ({config.steps}) must be a multiple of `steps_per_epoch` ({config.steps_per_epoch})."
+        )
+    if config.learning_rate <= 0:
+        raise ValueError(f"learning_rate must be > 0; got {config.learning_rate}.")
 
 
 class ResumableCSVLogger(keras.callbacks.Callback):
@@ -379,17 +384,8 @@ def train(config, run_dir, verbose="auto", time_limit_s=None, mean_only=False):
     if mean_only and not config.residual:
         raise ValueError("`mean_only` trains a residual run's mean network: set `residual = true`.")
     run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     final_path = run_dir / "model.keras"
-    config_path = run_dir / "config.json"
-    config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
-    # Compared as configurations, so a setting added since the run began (at its default) matches.
-    if config_path.exists() and _identity(_stored_config(config_path)) != _identity(dataclasses.asdict(config)):
-        raise ValueError(
-            f"{run_dir} holds a run with another configuration ({config_path}); "
-            "use a new run folder or delete the old one."
-        )
-    atomic_files.write_text(config_path, config_json)
+    record_config(run_dir, config)
     if (run_dir / "done.json").exists() and final_path.exists():
         return keras.saving.load_model(final_path)
 
@@ -408,7 +404,7 @@ def train(config, run_dir, verbose="auto", time_limit_s=None, mean_only=False):
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, mean_network)
     model.transform = transform
-    return _fit(model, config, run_dir, config.steps, verbose, deadline)
+    return fit_resumably(model, config, run_dir, config.steps, verbose, deadline)
 
 
 # Where the data is read from is not what is trained: a run folder moved, or
@@ -423,11 +419,34 @@ def _identity(config):
     return {key: value for key, value in config.items() if key not in _LOCATION_FIELDS}
 
 
-def _stored_config(path):
+def _stored_config(path, cls):
     try:
-        return dataclasses.asdict(TrainConfig.from_dict(json.loads(path.read_text())))
+        return dataclasses.asdict(cls.from_dict(json.loads(path.read_text())))
     except (ValueError, TypeError):
         return None
+
+
+def record_config(run_dir, config):
+    """Writes `run_dir/config.json`, refusing a folder that holds a run of another configuration.
+
+    Args:
+        run_dir: the run folder (created if needed).
+        config: a dataclass with a `from_dict` classmethod (a `TrainConfig`).
+
+    Raises:
+        ValueError: the stored configuration differs in a setting of what is trained.
+    """
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    values = dataclasses.asdict(config)
+    # Compared as configurations, so a setting added since the run began (at its default) matches.
+    if config_path.exists() and _identity(_stored_config(config_path, type(config))) != _identity(values):
+        raise ValueError(
+            f"{run_dir} holds a run with another configuration ({config_path}); "
+            "use a new run folder or delete the old one."
+        )
+    atomic_files.write_text(config_path, json.dumps(values, indent=2, sort_keys=True))
 
 
 def _train_mean_network(config, run_dir, transform, verbose, deadline):
@@ -440,12 +459,12 @@ def _train_mean_network(config, run_dir, transform, verbose, deadline):
         keras.utils.set_random_seed(config.seed)
         network = network_from_preset(config.preset, **config.network)
         model = RegressionUNet(network=network, transform=transform.get_config(), objective=config.mean_objective)
-        if _fit(model, config, run_dir, config.mean_steps, verbose, deadline) is None:
+        if fit_resumably(model, config, run_dir, config.mean_steps, verbose, deadline) is None:
             return None
     return keras.saving.load_model(final_path, compile=False)
 
 
-def _fit(model, config, run_dir, steps, verbose, deadline=None):
+def fit_resumably(model, config, run_dir, steps, verbose, deadline=None):
     """Fits `model` for `steps` from its last checkpoint in `run_dir`; saves model.keras and done.json.
 
     Returns the model, or None when `deadline` stopped it at an epoch end.

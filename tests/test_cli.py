@@ -5,7 +5,7 @@ import pytest
 from keras_dmdiff import cli
 from keras_dmdiff.models import VariationalDiffusion, network_from_preset
 
-SUBCOMMANDS = ["mock", "train", "run", "reconstruct", "evaluate", "export", "bench"]
+SUBCOMMANDS = ["mock", "train", "distill", "run", "reconstruct", "evaluate", "export", "bench"]
 
 
 def test_help_for_every_subcommand(capsys):
@@ -100,6 +100,21 @@ def test_mock_then_train_from_the_command_line(tmp_path):
         args += ["--set", f"{key}={value}"]
     assert cli.main(args) == 0
     assert (run / "model.keras").exists() and (run / "history.csv").exists()
+
+    distilled = tmp_path / "distilled"
+    args = ["distill", "--out", str(distilled), "--verbose", "0", "--set", f"teacher={run / 'model.keras'}",
+            "--set", "teacher_steps=2", "--set", "student_steps=1"]
+    for key, value in {**settings, "crop_size": 32}.items():
+        if key != "preset":
+            args += ["--set", f"{key}={value}"]
+    assert cli.main(args) == 0
+    assert (distilled / "model.keras").exists() and (distilled / "steps_1" / "history.csv").exists()
+
+
+def test_distill_names_a_missing_teacher(tmp_path, capsys):
+    assert cli.main(["distill", "--out", str(tmp_path / "d"), "--set", f"teacher={tmp_path / 'none.keras'}",
+                     "--set", "teacher_steps=16", "--set", "student_steps=8"]) == 2
+    assert "none.keras does not exist" in capsys.readouterr().err
 
 
 def test_reconstruct_in_tiles_matches_tiled_sampling(tiny_model_path, tmp_path):

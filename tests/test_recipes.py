@@ -142,3 +142,31 @@ def test_the_evaluate_step_passes_its_settings_to_run_evaluation(tmp_path, monke
     assert kwargs["regression_model_path"] == str(run / "train" / "mean" / "model.keras")
     assert kwargs["out_dir"] == str(run / "evaluate") and kwargs["manual_dir"] is None
     assert kwargs["options"].sampler == "ddim"
+
+
+def test_the_distill_step_resolves_its_paths_and_stops_at_the_time_limit(tmp_path, monkeypatch):
+    from keras_dmdiff import distillation
+
+    calls = []
+
+    def distill(settings, out, verbose, time_limit_s):
+        calls.append((settings, out, time_limit_s))
+        return None  # stopped by the time limit
+
+    monkeypatch.setattr(distillation, "distill", distill)
+    recipe = tmp_path / "distill.toml"
+    recipe.write_text(
+        'description = "x"\n[[steps]]\nkind = "distill"\nteacher = "train/model.keras"\nmanual_dir = "data"\n'
+        'teacher_steps = 16\nstudent_steps = 8\n[[steps]]\nkind = "export"\nmodel = "distill/model.keras"\n'
+    )
+    run = tmp_path / "run"
+    assert run_recipe(recipe, run, time_limit_s=100.0) == run
+    ((settings, out, time_limit_s),) = calls
+    assert settings["teacher"] == str(run / "train" / "model.keras") and settings["manual_dir"] == str(run / "data")
+    assert settings["data_dir"] == str(run / "tfds") and out == str(run / "distill")
+    assert 0 < time_limit_s <= 100.0
+    assert not (run / "saved_model").exists()  # the export waits for the distillation to finish
+    bad = tmp_path / "bad.toml"
+    bad.write_text('description = "x"\n[[steps]]\nkind = "distill"\npreset = "cpu"\n')
+    with pytest.raises(ValueError, match=r"unknown settings \['preset'\]"):
+        load_recipe(bad)

@@ -69,6 +69,9 @@ class VariationalDiffusion(keras.Model):
             weighting instead of uniformly (needs a linear schedule).
         mean_network: None, or a trained `RegressionUNet` (or its config) with
             the same normalisation: residual mode. It is frozen.
+        distilled_steps: None, or the number of deterministic DDIM steps a
+            distilled student was trained for (`models.distillation`): it then
+            samples only with `sampler="ddim"` (eta 0) and that many steps.
 
     Call arguments:
         stellar_mass: physical maps [B, H, W] (or [B, H, W, 1]). Returns the
@@ -99,6 +102,7 @@ class VariationalDiffusion(keras.Model):
         weighting_bias=None,
         importance_sampling=False,
         mean_network=None,
+        distilled_steps=None,
         **kwargs,
     ):
         # The schedule, the ELBO and the maps' log transform stay float32; the
@@ -153,6 +157,9 @@ class VariationalDiffusion(keras.Model):
             mean_network.trainable = False
         self.mean_network = mean_network
         self.check_mean_network()
+        if distilled_steps is not None and int(distilled_steps) < 1:
+            raise ValueError(f"distilled_steps must be None or >= 1; got {distilled_steps}.")
+        self.distilled_steps = None if distilled_steps is None else int(distilled_steps)
         self._compiled_samplers = {}
 
     def check_mean_network(self):
@@ -400,6 +407,11 @@ class VariationalDiffusion(keras.Model):
         if option_keywords:
             options = SamplingOptions.from_dict({**options.to_dict(), **option_keywords})
         get_step(options.sampler, options.eta)  # checks the sampler name and eta
+        if self.distilled_steps is not None and (options.sampler != "ddim" or options.eta):
+            raise ValueError(
+                f"This student was distilled for {self.distilled_steps} deterministic DDIM steps: sample it "
+                f"with sampler='ddim' (eta 0), not {options.sampler!r} (eta {options.eta})."
+            )
         if options.tile_size is not None:
             tile_size, tile_margin = int(options.tile_size), int(options.tile_margin)
             if tile_size % self.stride or (2 * tile_margin) % self.stride or tile_margin < 0:
@@ -468,6 +480,11 @@ class VariationalDiffusion(keras.Model):
         sampler, batch_size = options.sampler, int(options.batch_size)
         if int(num_samples) < 1 or int(num_steps) < 1:
             raise ValueError("num_samples and num_steps must be >= 1.")
+        if self.distilled_steps is not None and int(num_steps) != self.distilled_steps:
+            raise ValueError(
+                f"This student was distilled for {self.distilled_steps} DDIM steps, not {int(num_steps)}: "
+                f"sample it with num_steps={self.distilled_steps}, or sample its teacher."
+            )
         if not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an int; got {type(seed).__name__}.")
         noise_steps = options.noise_steps
@@ -531,6 +548,7 @@ class VariationalDiffusion(keras.Model):
             weighting_bias=self.weighting_bias,
             importance_sampling=self.importance_sampling,
             mean_network=None if self.mean_network is None else keras.saving.serialize_keras_object(self.mean_network),
+            distilled_steps=self.distilled_steps,
         )
         return config
 
