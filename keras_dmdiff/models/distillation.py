@@ -68,6 +68,8 @@ class ProgressiveDistillation(keras.Model):
         num_steps = int(num_steps)
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1; got {num_steps}.")
+        if teacher.distilled_steps == 1:
+            raise ValueError("The teacher is a 1-step student: it cannot be halved further.")
         if teacher.distilled_steps is not None and teacher.distilled_steps != 2 * num_steps:
             raise ValueError(
                 f"The teacher is a student distilled for {teacher.distilled_steps} steps: it can teach a "
@@ -99,8 +101,10 @@ class ProgressiveDistillation(keras.Model):
             self.teacher.build()
         self.student.build()
         # The student starts as its teacher; a loaded file or checkpoint then overwrites every variable.
+        # Copied: on JAX an assigned array would share the teacher's buffer, which a training step
+        # may not donate twice.
         for student_variable, teacher_variable in zip(self.student.variables, self.teacher.variables, strict=True):
-            student_variable.assign(teacher_variable)
+            student_variable.assign(ops.copy(teacher_variable.value))
         self.built = True
 
     def call(self, stellar_mass, training=False):
@@ -133,13 +137,8 @@ class ProgressiveDistillation(keras.Model):
         return ops.stop_gradient((z_end - ratio * z_t) / (alpha_end - ratio * alpha_t))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if y is None:
-            raise ValueError("ProgressiveDistillation needs the dark-matter maps as `y` in fit/evaluate.")
         condition = y_pred if y_pred is not None else self(x)
-        target = ops.convert_to_tensor(y, "float32")
-        if len(target.shape) == 3:
-            target = ops.expand_dims(target, -1)
-        target = self.teacher.transform.dark_matter_to_network(target) - self.teacher.residual_mean(condition)
+        target = self.teacher.diffusion_target(condition, y)
         batch_size = ops.shape(target)[0]
         index = keras.random.randint((batch_size,), 1, self.num_steps + 1, seed=self.seed_generator)
         gamma_t = self._gammas(index)[0]

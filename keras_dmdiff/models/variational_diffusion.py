@@ -302,14 +302,23 @@ class VariationalDiffusion(keras.Model):
             "reconstruction": reconstruction * nats_to_bpd,
         }
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if y is None:
-            raise ValueError("VariationalDiffusion needs the dark-matter maps as `y` in fit/evaluate.")
-        condition = y_pred if y_pred is not None else self(x)
-        target = ops.convert_to_tensor(y, "float32")
+    def diffusion_target(self, condition, dark_matter):
+        """What the diffusion models [B, H, W, 1]: normalised log dark matter, less mu(stars) in residual mode.
+
+        Args:
+            condition: normalised stellar mass [B, H, W, 1].
+            dark_matter: physical maps [B, H, W] (or [B, H, W, 1]), the `y` of `fit`.
+        """
+        if dark_matter is None:
+            raise ValueError(f"{type(self).__name__} needs the dark-matter maps as `y` in fit/evaluate.")
+        target = ops.convert_to_tensor(dark_matter, "float32")
         if len(target.shape) == 3:
             target = ops.expand_dims(target, -1)
-        target = self.transform.dark_matter_to_network(target) - self.residual_mean(condition)
+        return self.transform.dark_matter_to_network(target) - self.residual_mean(condition)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        condition = y_pred if y_pred is not None else self(x)
+        target = self.diffusion_target(condition, y)
         terms = self.loss_terms(condition, target, training=training)
         self.diffusion_tracker.update_state(terms["diffusion"])
         self.latent_tracker.update_state(terms["latent"])
