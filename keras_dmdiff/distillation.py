@@ -152,8 +152,7 @@ def distill(config, run_dir, verbose="auto", time_limit_s=None):
             if started and deadline is not None and time.time() >= deadline:
                 return None  # the next round begins in the next call
             started = True
-            remaining = None if deadline is None else deadline - time.time()
-            if not _distil_round(teacher_path, steps, config, round_dir, verbose, remaining):
+            if not _distil_round(teacher_path, steps, config, round_dir, verbose, deadline):
                 return None
         teacher_path = student_path
     with atomic_files.replacing(final_path) as temporary:
@@ -173,13 +172,12 @@ def distill(config, run_dir, verbose="auto", time_limit_s=None):
     return keras.saving.load_model(final_path, compile=False)
 
 
-def _distil_round(teacher_path, steps, config, round_dir, verbose, time_limit_s):
-    """One halving round; saves the student. False when the time limit stopped it."""
+def _distil_round(teacher_path, steps, config, round_dir, verbose, deadline):
+    """One halving round; saves the student. False when `deadline` (a time.time(), or None) stopped it."""
     keras.utils.set_random_seed(config.seed)
     teacher = keras.saving.load_model(teacher_path, compile=False)
     distiller = ProgressiveDistillation(teacher, num_steps=steps, seed=config.seed)
     round_dir.mkdir(parents=True, exist_ok=True)
-    deadline = None if time_limit_s is None else time.time() + time_limit_s
     # fit ends with the EMA weights in place (as the diffusion model's training does).
     if fit_resumably(distiller, config, round_dir, config.steps, verbose, deadline) is None:
         return False

@@ -467,7 +467,21 @@ def _train_mean_network(config, run_dir, transform, verbose, deadline):
 def fit_resumably(model, config, run_dir, steps, verbose, deadline=None):
     """Fits `model` for `steps` from its last checkpoint in `run_dir`; saves model.keras and done.json.
 
-    Returns the model, or None when `deadline` stopped it at an epoch end.
+    The one training loop of the diffusion model, the residual mode's mean
+    network and each distillation round.
+
+    Args:
+        model: an uncompiled keras.Model with a `network` (its size goes to done.json).
+        config: the settings it reads (`TrainConfig`, or `distillation.DistillConfig`):
+            the optimiser's, the data's, `steps_per_epoch`, `checkpoint_every`,
+            `ema_momentum` and `science`.
+        run_dir: the folder of its checkpoints, history and model.
+        steps: optimiser steps in all.
+        verbose: passed to `fit`.
+        deadline: None, or a time.time(): training stops at the last epoch end that fits before it.
+
+    Returns:
+        The model, or None when `deadline` stopped it at an epoch end.
     """
     final_path = run_dir / "model.keras"
     model.compile(optimizer=build_optimizer(config))
