@@ -275,39 +275,30 @@ def _add_evaluate(subparsers):
         description="Draw posterior samples for every map of a split and write metrics.json, samples.h5 "
         "and figures (P(k) ratio, r(k), PDFs, coverage, rank histograms) into --out.",
     )
-    from keras_dmdiff.evaluation import DEFAULT_DATASET, DEFAULT_SPLIT, run_evaluation
+    from keras_dmdiff.evaluation import EvaluationData, EvaluationSettings
 
-    default = _defaults_of(run_evaluation)
+    data, default = EvaluationData(), EvaluationSettings()
     parser.add_argument("--model", required=True, help=".keras file or SavedModel folder")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="TFDS name")
-    parser.add_argument("--split", default=DEFAULT_SPLIT)
+    parser.add_argument("--dataset", default=data.dataset, help="TFDS name")
+    parser.add_argument("--split", default=data.split)
     parser.add_argument("--data-dir", help="TFDS data dir")
     parser.add_argument("--manual-dir", help="folder of the CMD files")
-    parser.add_argument("--num-samples", type=int, default=default["num_samples"])
-    parser.add_argument("--steps", dest="num_steps", type=int, default=default["num_steps"])
-    parser.add_argument("--seed", type=int, default=default["seed"])
-    parser.add_argument("--max-maps", type=int, default=default["max_maps"])
+    parser.add_argument("--num-samples", type=int, default=default.num_samples)
+    parser.add_argument("--steps", dest="num_steps", type=int, default=default.num_steps)
+    parser.add_argument("--seed", type=int, default=default.seed)
+    parser.add_argument("--max-maps", type=int, default=default.max_maps)
     parser.add_argument("--out", required=True, help="output folder")
     _add_sampling_options(parser)
     parser.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args):
-    from keras_dmdiff.evaluation import run_evaluation
+    from keras_dmdiff.evaluation import EvaluationData, EvaluationSettings, run_evaluation
 
-    run_evaluation(
-        args.model,
-        args.dataset,
-        args.split,
-        args.out,
-        num_samples=args.num_samples,
-        num_steps=args.num_steps,
-        seed=args.seed,
-        options=_sampling_options(args),
-        max_maps=args.max_maps,
-        data_dir=args.data_dir,
-        manual_dir=args.manual_dir,
-    )
+    data = EvaluationData(args.dataset, args.split, data_dir=args.data_dir, manual_dir=args.manual_dir)
+    settings = EvaluationSettings(num_samples=args.num_samples, num_steps=args.num_steps, seed=args.seed,
+                                  max_maps=args.max_maps, options=_sampling_options(args))
+    run_evaluation(args.model, data, args.out, settings)
     print(f"metrics: {pathlib.Path(args.out) / 'metrics.json'}")
 
 

@@ -34,7 +34,7 @@ def _headline(summary):
     return values
 
 
-def run_cross_suite(models, data, out_dir, *, set_name="LH", split="test", data_dir=None, **evaluation):
+def run_cross_suite(models, data, out_dir, settings=None, *, set_name="LH", reading=None):
     """Evaluates every model on every suite's held-out split.
 
     Args:
@@ -42,23 +42,26 @@ def run_cross_suite(models, data, out_dir, *, set_name="LH", split="test", data_
         data: dict test suite -> folder of that suite's CMD files.
         out_dir: output folder: one evaluation folder per pair, table.json,
             table.md and cross_suite.png.
+        settings: the `keras_dmdiff.evaluation.EvaluationSettings` of every
+            pair (None: the defaults).
         set_name: CMD set of the test data.
-        split: split evaluated.
-        data_dir: TFDS data dir.
-        **evaluation: passed to `run_evaluation` (num_samples, num_steps,
-            seed, options, max_maps, ...).
+        reading: a `keras_dmdiff.evaluation.EvaluationData` whose split,
+            crops, TFDS folder and baseline settings every pair shares; its
+            dataset and manual_dir are each pair's (None: the defaults).
 
     Returns:
         dict training suite -> test suite -> headline metrics.
 
     Example:
-        >>> run_cross_suite({"IllustrisTNG": "tng.keras", "SIMBA": "simba.keras"},
-        ...                 {"IllustrisTNG": "data/tng", "SIMBA": "data/simba"}, "cross")
+        >>> run_cross_suite({"IllustrisTNG": "tng.keras", "SIMBA": "simba.keras"},  # doctest: +SKIP
+        ...                 {"IllustrisTNG": "data/tng", "SIMBA": "data/simba"}, "cross",
+        ...                 EvaluationSettings(num_samples=8, num_steps=50, max_maps=8))
     """
-    from keras_dmdiff.evaluation import run_evaluation
+    from keras_dmdiff.evaluation import EvaluationData, run_evaluation
 
     if not models or not data:
         raise ValueError("run_cross_suite needs at least one model and one test suite.")
+    reading = EvaluationData() if reading is None else reading
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = {}
@@ -70,15 +73,8 @@ def run_cross_suite(models, data, out_dir, *, set_name="LH", split="test", data_
             if metrics_path.exists():
                 metrics = json.loads(metrics_path.read_text())
             else:
-                metrics = run_evaluation(
-                    str(model_path),
-                    f"camels_cmd/{test_suite}_{set_name}",
-                    split,
-                    pair_dir,
-                    data_dir=data_dir,
-                    manual_dir=str(manual_dir),
-                    **evaluation,
-                )
+                pair = reading.replace(dataset=f"camels_cmd/{test_suite}_{set_name}", manual_dir=str(manual_dir))
+                metrics = run_evaluation(str(model_path), pair, pair_dir, settings)
             table[train_suite][test_suite] = _headline(metrics["summary"])
     atomic_files.write_json(out_dir / "table.json", table)
     atomic_files.write_text(out_dir / "table.md", format_table(table))

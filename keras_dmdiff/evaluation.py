@@ -44,6 +44,7 @@ Units: maps in (Msun/h)/(Mpc/h)^2, k in h/Mpc, P(k) in (Mpc/h)^2, aperture
 masses in Msun/h, MSE in dex^2.
 """
 
+import dataclasses
 import datetime
 import math
 import os
@@ -144,44 +145,81 @@ def collect_maps(dataset_batches, max_maps=None):
 
 
 # ----------------------------------------------------------------------------- baselines
-def _prepare_baselines(baselines, train_batches, regression_model, box_size, max_train_maps):
-    """Normalises the `baselines` argument into `{name: object}`."""
-    if baselines is None:
-        chosen = {STELLAR_TRACER: STELLAR_TRACER}
-        if train_batches is not None:
-            chosen[CONDITIONAL_MEAN] = ConditionalMeanBaseline(box_size=box_size)
-        if regression_model is not None:
-            chosen[REGRESSION_UNET] = regression_model
-    elif isinstance(baselines, dict):
-        chosen = dict(baselines)
-    else:
+@dataclasses.dataclass(frozen=True)
+class Baselines:
+    """What the posterior is compared with.
+
+    Args:
+        names: None: the stellar tracer (c), plus the conditional mean (b)
+            when `train_batches` is given and the regression U-Net (a) when
+            `regression_model` is given. Or a list of names among
+            `"stellar_tracer"`, `"conditional_mean"`, `"regression_unet"`, or
+            a dict `{name: baseline}` whose values are `"stellar_tracer"`, a
+            `ConditionalMeanBaseline` (fitted, or fitted on `train_batches`),
+            an object with `predict_maps` (`RegressionUNet`), or a function
+            `stellar [N, H, W] -> dark matter [N, H, W]`.
+        train_batches: training maps (the forms of `collect_maps`) to fit the
+            conditional-mean baseline on; never the test maps.
+        regression_model: a trained `RegressionUNet` (baseline (a)).
+        max_train_maps: at most this many training maps for baseline (b).
+
+    Example:
+        >>> sorted(Baselines(names=["stellar_tracer"]).prepare(box_size=25.0))
+        ['stellar_tracer']
+    """
+
+    names: object = None
+    train_batches: object = None
+    regression_model: object = None
+    max_train_maps: int = 64
+
+    def prepare(self, box_size):
+        """`{name: baseline}`, every conditional mean fitted.
+
+        Raises:
+            ValueError: an unknown name, a name whose model or data is missing,
+                or the reserved name "diffusion".
+        """
+        chosen = self._chosen(box_size)
+        if DIFFUSION in chosen:
+            raise ValueError(f"{DIFFUSION!r} is reserved for the model being evaluated.")
+        unfitted = [
+            name for name, b in chosen.items() if isinstance(b, ConditionalMeanBaseline) and not b.is_fitted
+        ]
+        if unfitted:
+            if self.train_batches is None:
+                raise ValueError(f"Baselines {unfitted} must be fitted: pass `train_batches`.")
+            train_stars, train_dm = collect_maps(self.train_batches, self.max_train_maps)
+            for name in unfitted:
+                chosen[name].fit(train_stars, train_dm)
+        return chosen
+
+    def _chosen(self, box_size):
+        if isinstance(self.names, dict):
+            return dict(self.names)
+        if self.names is None:
+            chosen = {STELLAR_TRACER: STELLAR_TRACER}
+            if self.train_batches is not None:
+                chosen[CONDITIONAL_MEAN] = ConditionalMeanBaseline(box_size=box_size)
+            if self.regression_model is not None:
+                chosen[REGRESSION_UNET] = self.regression_model
+            return chosen
         chosen = {}
-        for name in baselines:
+        for name in self.names:
             if name == STELLAR_TRACER:
                 chosen[name] = STELLAR_TRACER
             elif name == CONDITIONAL_MEAN:
                 chosen[name] = ConditionalMeanBaseline(box_size=box_size)
             elif name == REGRESSION_UNET:
-                if regression_model is None:
+                if self.regression_model is None:
                     raise ValueError("Baseline 'regression_unet' needs `regression_model`.")
-                chosen[name] = regression_model
+                chosen[name] = self.regression_model
             else:
                 raise ValueError(
                     f"Unknown baseline {name!r}; choose from {STELLAR_TRACER!r}, "
                     f"{CONDITIONAL_MEAN!r}, {REGRESSION_UNET!r}, or pass a dict of objects."
                 )
-    if DIFFUSION in chosen:
-        raise ValueError(f"{DIFFUSION!r} is reserved for the model being evaluated.")
-    unfitted = [
-        name for name, b in chosen.items() if isinstance(b, ConditionalMeanBaseline) and not b.is_fitted
-    ]
-    if unfitted:
-        if train_batches is None:
-            raise ValueError(f"Baselines {unfitted} must be fitted: pass `train_batches`.")
-        train_stars, train_dm = collect_maps(train_batches, max_train_maps)
-        for name in unfitted:
-            chosen[name].fit(train_stars, train_dm)
-    return chosen
+        return chosen
 
 
 def _predict_baseline(baseline, stars, dm):
@@ -252,24 +290,69 @@ def json_safe(value):
 
 
 # ----------------------------------------------------------------------------- evaluate
+@dataclasses.dataclass(frozen=True)
+class EvaluationSettings:
+    """How many posterior samples are drawn for which maps, and how they are measured.
+
+    Args:
+        num_samples: posterior samples per map (the paper: 100; >= 2 for
+            calibration).
+        num_steps: reverse-diffusion steps.
+        seed: base seed; each group of maps gets its own seed from it.
+        max_maps: evaluate at most this many test maps (the first ones; a
+            resumed `samples.h5` keeps any further maps it already holds).
+        maps_per_call: maps per sampler call (and per resume step); None:
+            `max(1, options.batch_size // num_samples)`.
+        options: a `keras_dmdiff.posterior.SamplingOptions` (default: the
+            reference ancestral sampler).
+        measure: a `posterior_metrics.MeasureSettings` (pixels per map for the
+            pixel calibration, apertures, the example map).
+
+    Example:
+        >>> settings = EvaluationSettings(num_samples=8, num_steps=100)
+        >>> settings.calls_of(SamplingOptions(batch_size=32))
+        4
+    """
+
+    num_samples: int = 16
+    num_steps: int = 250
+    seed: int = 0
+    max_maps: int | None = None
+    maps_per_call: int | None = None
+    options: SamplingOptions = dataclasses.field(default_factory=SamplingOptions)
+    measure: MeasureSettings = dataclasses.field(default_factory=MeasureSettings)
+
+    def __post_init__(self):
+        for name in ("num_samples", "num_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
+            raise ValueError(f"`seed` must be an int, got {type(self.seed).__name__}.")
+        for name in ("max_maps", "maps_per_call"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"`{name}` must be an int >= 1 or None; got {value!r}.")
+
+    def calls_of(self, options):
+        """Maps per sampler call under `options` (the options in force)."""
+        if self.maps_per_call is not None:
+            return int(self.maps_per_call)
+        return max(1, options.batch_size // self.num_samples)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
 def evaluate(
     posterior,
     dataset_batches,
+    settings=None,
     *,
-    num_samples=16,
-    num_steps=250,
-    seed=0,
-    options=None,
-    box_size=25.0,
     baselines=None,
-    train_batches=None,
-    regression_model=None,
-    max_maps=None,
-    max_train_maps=64,
+    box_size=25.0,
     out_dir=None,
     metadata=None,
-    maps_per_call=None,
-    measure_settings=None,
     figures=True,
     progress=True,
 ):
@@ -282,40 +365,17 @@ def evaluate(
         dataset_batches: test data: a `tf.data.Dataset` / iterable of
             `(stellar_mass, dark_matter)` physical batches `[B, H, W]`, or one
             pair of arrays `[N, H, W]` (see `collect_maps`).
-        num_samples: posterior samples per map (the paper: 100; >= 2 for
-            calibration).
-        num_steps: reverse-diffusion steps.
-        seed: base seed; each group of maps gets its own seed from it.
-        options: a `keras_dmdiff.posterior.SamplingOptions` (None: the
-            defaults, the reference ancestral sampler); the options in force
-            are recorded in the settings.
+        settings: an `EvaluationSettings` (None: the defaults); the sampling
+            options in force are recorded in the metrics' settings.
+        baselines: a `Baselines`, or its `names` alone (a list or dict); None:
+            the stellar tracer alone.
         box_size: side of the evaluated maps in Mpc/h (25 for full CMD maps,
             `25 * crop / 256` for crops; crops are not periodic, so their
             spectra carry some edge leakage).
-        baselines: None (default): the stellar tracer (c), plus the
-            conditional mean (b) when `train_batches` is given and the
-            regression U-Net (a) when `regression_model` is given. Or a list
-            of names among `"stellar_tracer"`, `"conditional_mean"`,
-            `"regression_unet"`, or a dict `{name: baseline}` whose values
-            are `"stellar_tracer"`, a `ConditionalMeanBaseline` (fitted, or
-            fitted here on `train_batches`), an object with `predict_maps`
-            (`RegressionUNet`), or a function `stellar [N, H, W] -> dark matter
-            [N, H, W]`.
-        train_batches: training maps (same forms as `dataset_batches`) to fit
-            the conditional-mean baseline on; never the test maps.
-        regression_model: a trained `RegressionUNet` (baseline (a)).
-        max_maps: evaluate at most this many test maps (the first ones; a
-            resumed `samples.h5` keeps any further maps it already holds).
-        max_train_maps: at most this many training maps for baseline (b).
         out_dir: folder for `metrics.json`, `samples.h5` and the figures; also
             enables resuming. None: a temporary folder, deleted at the end.
         metadata: extra metadata for `samples.h5` and `metrics.json` (model
             path, dataset, split, ...).
-        maps_per_call: maps per sampler call (and per resume step); default
-            `max(1, options.batch_size // num_samples)`.
-        measure_settings: a `posterior_metrics.MeasureSettings` (pixels per
-            map for the pixel calibration, apertures, the example map); None:
-            the defaults.
         figures: write the PNG figures (needs `out_dir`).
         progress: show tqdm progress bars.
 
@@ -337,19 +397,15 @@ def evaluate(
             an existing `samples.h5` written with other settings or maps.
 
     Examples:
-        >>> metrics = evaluate(model, (stars, dm), num_samples=8, num_steps=100,  # doctest: +SKIP
-        ...                    train_batches=(train_stars, train_dm), out_dir="eval")
+        >>> metrics = evaluate(model, (stars, dm), EvaluationSettings(num_samples=8, num_steps=100),  # doctest: +SKIP
+        ...                    baselines=Baselines(train_batches=(train_stars, train_dm)), out_dir="eval")
         >>> metrics["summary"]["cross_correlation_1_k_5"]  # doctest: +SKIP
         {'diffusion_posterior_mean': 0.93, 'diffusion_samples': 0.88,
          'stellar_tracer': 0.85, 'conditional_mean': 0.89}
     """
     import tempfile
 
-    num_samples = int(num_samples)
-    if num_samples < 1 or int(num_steps) < 1:
-        raise ValueError("`num_samples` and `num_steps` must be >= 1.")
-    if not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"`seed` must be an int, got {type(seed).__name__}.")
+    settings = EvaluationSettings() if settings is None else settings
     box_size = float(box_size)
     if not (math.isfinite(box_size) and box_size > 0):
         raise ValueError(f"`box_size` must be > 0 (Mpc/h), got {box_size}.")
@@ -358,62 +414,35 @@ def evaluate(
             f"Expected a PosteriorSampler (a VariationalDiffusion, a loaded SavedModel or a "
             f"keras_dmdiff.posterior.PosteriorFunction); got {type(posterior).__name__}."
         )
-    options = posterior.resolve_options(SamplingOptions() if options is None else options)
-    measure_settings = MeasureSettings() if measure_settings is None else measure_settings
-    stars, dm = collect_maps(dataset_batches, max_maps)
-    n, size, _ = stars.shape
-    if maps_per_call is None:
-        maps_per_call = max(1, options.batch_size // num_samples)
-    maps_per_call = int(maps_per_call)
-    if maps_per_call < 1:
-        raise ValueError("`maps_per_call` must be >= 1.")
-    chosen = _prepare_baselines(baselines, train_batches, regression_model, box_size, max_train_maps)
-
-    settings = {
-        "num_samples": num_samples,
-        "num_steps": int(num_steps),
-        "seed": int(seed),
-        "sampler": options.sampler,
-        "random_shifts": options.random_shifts,
-        "eta": options.eta,
-        "noise_steps": options.noise_steps,
-        "tile_size": options.tile_size,
-        "tile_margin": options.tile_margin,
-        "batch_size": options.batch_size,
-        "maps_per_call": maps_per_call,
-        "box_size": box_size,
-        "num_maps": n,
-        "map_size": size,
-        "pixels_per_map": int(measure_settings.pixels_per_map),
-    }
+    options = posterior.resolve_options(settings.options)
+    stars, dm = collect_maps(dataset_batches, settings.max_maps)
+    if not isinstance(baselines, Baselines):
+        baselines = Baselines() if baselines is None else Baselines(names=baselines)
+    chosen = baselines.prepare(box_size)
+    record = _settings_record(settings, options, box_size, stars.shape)
     meta = {**_metadata_defaults(), **(metadata or {})}
 
-    temporary = None
-    if out_dir is None:
-        temporary = tempfile.TemporaryDirectory(prefix="dmdiff_eval_")
-        folder = pathlib.Path(temporary.name)
-    else:
-        folder = pathlib.Path(os.path.expanduser(os.fspath(out_dir)))
+    temporary = tempfile.TemporaryDirectory(prefix="dmdiff_eval_") if out_dir is None else None
+    folder = pathlib.Path(temporary.name if out_dir is None else os.path.expanduser(os.fspath(out_dir)))
     folder.mkdir(parents=True, exist_ok=True)
     store = SampleStore(
-        folder / SAMPLES_FILE, stars, dm, num_samples,
-        resume={key: settings[key] for key in _RESUME_KEYS}, attrs={**meta, **settings},
+        folder / SAMPLES_FILE, stars, dm, settings.num_samples,
+        resume={key: record[key] for key in _RESUME_KEYS}, attrs={**meta, **record},
         resume_defaults=_RESUME_DEFAULTS,
     )
     try:
-        _draw_missing(store, posterior, options, stars, settings, progress)
+        _draw_missing(store, posterior, options, stars, record, progress)
         store.finish()
         plan = MeasurePlan.for_maps(
-            n, size, num_samples=num_samples, box_size=box_size, seed=seed, settings=measure_settings,
+            len(stars), stars.shape[-1], num_samples=settings.num_samples, box_size=box_size,
+            seed=settings.seed, settings=settings.measure,
             grid_period=posterior.stride,  # the grid any network artefacts would sit on
         )
         predictions = {name: _predict_baseline(b, stars, dm) for name, b in chosen.items()}
         metrics = measure(store.samples, stars, dm, plan, predictions, progress)
     finally:
         store.close()
-    metrics["metadata"] = meta
-    metrics["settings"] = settings
-    metrics["baselines"] = sorted(chosen)
+    metrics.update(metadata=meta, settings=record, baselines=sorted(chosen))
     example = metrics.pop("_example")
     metrics["figures"] = []
     if figures and out_dir is not None:
@@ -426,6 +455,28 @@ def evaluate(
     if temporary is not None:
         temporary.cleanup()
     return metrics
+
+
+def _settings_record(settings, options, box_size, shape):
+    """The settings written to samples.h5 and metrics.json (the options in force)."""
+    n, size, _ = shape
+    return {
+        "num_samples": int(settings.num_samples),
+        "num_steps": int(settings.num_steps),
+        "seed": int(settings.seed),
+        "sampler": options.sampler,
+        "random_shifts": options.random_shifts,
+        "eta": options.eta,
+        "noise_steps": options.noise_steps,
+        "tile_size": options.tile_size,
+        "tile_margin": options.tile_margin,
+        "batch_size": options.batch_size,
+        "maps_per_call": settings.calls_of(options),
+        "box_size": box_size,
+        "num_maps": n,
+        "map_size": size,
+        "pixels_per_map": int(settings.measure.pixels_per_map),
+    }
 
 
 def _draw_missing(store, posterior, options, stars, settings, progress):
@@ -460,121 +511,109 @@ def _draw_missing(store, posterior, options, stars, settings, progress):
 
 
 # ----------------------------------------------------------------------------- files
-def run_evaluation(
-    model_path,
-    dataset,
-    split,
-    out_dir,
-    *,
-    num_samples=16,
-    num_steps=250,
-    seed=0,
-    options=None,
-    max_maps=None,
-    data_dir=None,
-    manual_dir=None,
-    train_split_for_baselines="train",
-    regression_model_path=None,
-    train_dataset_for_baselines=None,
-    max_train_maps=64,
-    crop_size=None,
-    batch_size=8,
-    box_size=25.0,
-    progress=True,
-    **evaluate_kwargs,
-):
-    """Evaluates a saved model on a TFDS split and writes everything to `out_dir`.
-
-    The entry point of `dmdiff evaluate` and `recipes/evaluate.toml`.
+@dataclasses.dataclass(frozen=True)
+class EvaluationData:
+    """The TFDS maps an evaluation reads: the test split, and the training maps of baseline (b).
 
     Args:
-        model_path: a `.keras` file or an exported SavedModel folder.
         dataset: TFDS name, e.g. `"camels_cmd/mock_IllustrisTNG_LH"`.
         split: split to evaluate, e.g. `"test"`.
-        out_dir: output folder (created; a rerun resumes from its samples.h5).
-        num_samples: posterior samples per map.
-        num_steps: reverse-diffusion steps.
-        seed: base seed of the samples.
-        options: a `keras_dmdiff.posterior.SamplingOptions`; None: the
-            defaults with `batch_size` maps per network call.
-        max_maps: evaluate at most this many maps (tiles, with `crop_size`).
         data_dir: TFDS data folder.
-        manual_dir: folder of the real CMD files, for real configs.
+        manual_dir: folder of the CMD files.
+        crop_size: evaluate `crop_size`^2 tiles of every map instead of the
+            full maps (faster; the tiles are not periodic).
+        box_size: side of the *full* stored maps in Mpc/h (CMD: 25); the box
+            of a tile is `box_size * crop_size / map_size`.
         train_split_for_baselines: split to fit the conditional-mean baseline
             (b) on; None skips it.
-        regression_model_path: a `.keras` `RegressionUNet`, baseline (a).
         train_dataset_for_baselines: TFDS name for baseline (b)'s training
             maps, default `dataset`. For a cross-suite test, give the suite the
             model was trained on, so the baseline learns what the model learnt.
         max_train_maps: training maps used for baseline (b).
-        crop_size: evaluate `crop_size`^2 tiles of every map instead of the full
-            maps (faster; the tiles are not periodic).
-        batch_size: maps per batch when reading the data (and per network
-            call, unless `options` says otherwise).
-        box_size: side of the *full* stored maps in Mpc/h (CMD: 25); the box
-            of a tile is `box_size * crop_size / map_size`.
+
+    Example:
+        >>> EvaluationData(split="validation").replace(crop_size=64).crop_size
+        64
+    """
+
+    dataset: str = DEFAULT_DATASET
+    split: str = DEFAULT_SPLIT
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    crop_size: int | None = None
+    box_size: float = 25.0
+    train_split_for_baselines: str | None = "train"
+    train_dataset_for_baselines: str | None = None
+    max_train_maps: int = 64
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def batches(self, split, batch_size, dataset=None):
+        """The maps of `split` (of `dataset`, default this one's) in batches, tiled like the test maps."""
+        from keras_dmdiff.data import make_dataset
+
+        return make_dataset(
+            dataset or self.dataset, split=split, training=False, batch_size=batch_size,
+            crop_size=self.crop_size, eval_crop="tile", data_dir=self.data_dir, manual_dir=self.manual_dir,
+        )
+
+    def metadata(self):
+        return {
+            "dataset": self.dataset,
+            "split": self.split,
+            "crop_size": self.crop_size,
+            "train_split_for_baselines": self.train_split_for_baselines,
+            "train_dataset_for_baselines": self.train_dataset_for_baselines or self.dataset,
+        }
+
+
+def run_evaluation(model_path, data, out_dir, settings=None, *, regression_model_path=None, progress=True):
+    """Evaluates a saved model on a TFDS split and writes everything to `out_dir`.
+
+    The entry point of `dmdiff evaluate` and the recipes' evaluate steps.
+
+    Args:
+        model_path: a `.keras` file or an exported SavedModel folder.
+        data: an `EvaluationData`: the split evaluated and the training maps
+            of the conditional-mean baseline.
+        out_dir: output folder (created; a rerun resumes from its samples.h5).
+        settings: an `EvaluationSettings` (None: the defaults); its options'
+            batch size is also the reading batch.
+        regression_model_path: a `.keras` `RegressionUNet`, baseline (a).
         progress: show progress bars.
-        **evaluate_kwargs: passed to `evaluate` (e.g. `measure_settings`).
 
     Returns:
         The metrics dict (also written to `out_dir/metrics.json`).
 
     Examples:
-        >>> run_evaluation("runs/cpu/model.keras", "camels_cmd/mock_IllustrisTNG_LH", "test",  # doctest: +SKIP
-        ...                "eval/cpu", num_samples=10, num_steps=100, max_maps=20)
+        >>> run_evaluation("runs/cpu/model.keras", EvaluationData("camels_cmd/mock_IllustrisTNG_LH"),  # doctest: +SKIP
+        ...                "eval/cpu", EvaluationSettings(num_samples=10, num_steps=100, max_maps=20))
     """
-    from keras_dmdiff.data import crop_box_size, make_dataset
+    from keras_dmdiff.data import crop_box_size
 
+    settings = EvaluationSettings() if settings is None else settings
     loaded = load_posterior(model_path)
-    if options is None:
-        options = SamplingOptions(batch_size=batch_size)
-    common = dict(data_dir=data_dir, manual_dir=manual_dir)
-    test = make_dataset(
-        dataset, split=split, training=False, batch_size=batch_size, crop_size=crop_size, eval_crop="tile",
-        **common,
-    )
-    eval_box = crop_box_size(dataset, crop_size, box_size, split=split, **common)
+    batch_size = settings.options.batch_size
+    test = data.batches(data.split, batch_size)
+    eval_box = crop_box_size(data.dataset, data.crop_size, data.box_size, split=data.split,
+                             data_dir=data.data_dir, manual_dir=data.manual_dir)
     train_batches = None
-    if train_split_for_baselines is not None:
-        train_batches = make_dataset(
-            train_dataset_for_baselines or dataset,
-            split=train_split_for_baselines,
-            training=False,
-            batch_size=batch_size,
-            crop_size=crop_size,
-            eval_crop="tile",
-            **common,
-        )
+    if data.train_split_for_baselines is not None:
+        train_batches = data.batches(data.train_split_for_baselines, batch_size, data.train_dataset_for_baselines)
     regression_model = None
     if regression_model_path is not None:
         regression_model = load_regression_model(regression_model_path)
     metadata = {
         "model_path": os.fspath(model_path),
         "model_class": type(loaded).__name__,
-        "dataset": dataset,
-        "split": split,
-        "crop_size": crop_size,
-        "train_split_for_baselines": train_split_for_baselines,
-        "train_dataset_for_baselines": train_dataset_for_baselines or dataset,
+        **data.metadata(),
         "regression_model_path": None if regression_model_path is None else os.fspath(regression_model_path),
     }
-    return evaluate(
-        loaded,
-        test,
-        num_samples=num_samples,
-        num_steps=num_steps,
-        seed=seed,
-        options=options,
-        box_size=eval_box,
-        train_batches=train_batches,
-        regression_model=regression_model,
-        max_maps=max_maps,
-        max_train_maps=max_train_maps,
-        out_dir=out_dir,
-        metadata=metadata,
-        progress=progress,
-        **evaluate_kwargs,
-    )
+    baselines = Baselines(train_batches=train_batches, regression_model=regression_model,
+                          max_train_maps=data.max_train_maps)
+    return evaluate(loaded, test, settings, baselines=baselines, box_size=eval_box, out_dir=out_dir,
+                    metadata=metadata, progress=progress)
 
 
 def load_regression_model(path):

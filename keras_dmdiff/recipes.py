@@ -64,6 +64,8 @@ def load_recipe(path):
 # Settings each step kind reads (besides `kind`); the kinds that pass their
 # settings on to a function are checked by that function's signature.
 _SAMPLING_KEYS = {field.name for field in dataclasses.fields(SamplingOptions)}
+# Every step's TFDS folder, in the run folder unless told.
+_DATA_DIR = "tfds"
 _STEP_KEYS = {
     "export": {"model", "out", "samplers", "random_shifts"},
     "ship": {"out", "name", "description", "limitations"},
@@ -86,7 +88,10 @@ def _step_keys(kind):
 
         return {"kind", "out", "verbose"} | {field.name for field in dataclasses.fields(DistillConfig)}
     if kind == "evaluate":
-        return {"kind"} | set(_EVALUATE_PATHS) | _evaluate_settings() | _SAMPLING_KEYS
+        return {"kind"} | set(_EVALUATE_PATHS) | _evaluation_keys() | _evaluation_data_keys()
+    if kind == "cross_suite":
+        return ({"kind", "models", "data", "out", "set_name"} | _evaluation_keys()
+                | _evaluation_data_keys() - {"dataset", "manual_dir"})
     if kind == "bench":
         from keras_dmdiff.bench import BenchConfig
 
@@ -121,7 +126,7 @@ def _step_train(step, run_dir, time_limit_s=None):
 def _training_settings(step, run_dir):
     """A training or distillation step's settings, its data folders resolved in the run folder."""
     settings = {k: v for k, v in step.items() if k not in ("kind", "out", "verbose")}
-    settings["data_dir"] = _resolve(run_dir, settings.get("data_dir", "tfds"))
+    settings["data_dir"] = _resolve(run_dir, settings.get("data_dir", _DATA_DIR))
     settings["manual_dir"] = _resolve(run_dir, settings.get("manual_dir"))
     return settings
 
@@ -141,34 +146,49 @@ def _sampling_options(step):
     return SamplingOptions.from_dict({key: step[key] for key in _SAMPLING_KEYS if key in step})
 
 
-# The evaluate step's paths (relative to the run folder): recipe key ->
-# (run_evaluation's argument, default). Like every step's, path keys are named
-# by what they point to (`model`, `out`), without a _path or _dir suffix.
-_EVALUATE_PATHS = {
-    "model": ("model_path", "train/model.keras"),
-    "out": ("out_dir", "evaluate"),
-    "regression_model": ("regression_model_path", None),
-    "data_dir": ("data_dir", "tfds"),
-    "manual_dir": ("manual_dir", None),
-}
+def _evaluation_keys():
+    """The keys of a step's `EvaluationSettings`: its own fields and the sampling options'."""
+    from keras_dmdiff.evaluation import EvaluationSettings
+
+    own = {field.name for field in dataclasses.fields(EvaluationSettings)} - {"options", "measure"}
+    return own | _SAMPLING_KEYS
 
 
-def _evaluate_settings():
-    """run_evaluation's own settings, passed through with its defaults."""
-    from keras_dmdiff.evaluation import run_evaluation
+def _evaluation_settings(step):
+    """The step's `EvaluationSettings`, from its keys named like the dataclasses' fields."""
+    from keras_dmdiff.evaluation import EvaluationSettings
 
-    arguments = set(inspect.signature(run_evaluation).parameters)
-    return arguments - {name for name, _ in _EVALUATE_PATHS.values()} - {"options", "progress", "evaluate_kwargs"}
+    own = _evaluation_keys() - _SAMPLING_KEYS
+    return EvaluationSettings(**{key: step[key] for key in own if key in step}, options=_sampling_options(step))
+
+
+# The evaluate step's paths to models and its output (relative to the run
+# folder): recipe key -> default. Like every step's, path keys are named by
+# what they point to (`model`, `out`), without a _path or _dir suffix.
+_EVALUATE_PATHS = {"model": "train/model.keras", "out": "evaluate", "regression_model": None}
+
+
+def _evaluation_data_keys():
+    from keras_dmdiff.evaluation import EvaluationData
+
+    return {field.name for field in dataclasses.fields(EvaluationData)}
+
+
+def _evaluation_data(step, run_dir):
+    """The step's `EvaluationData`, its folders resolved in the run folder."""
+    from keras_dmdiff.evaluation import EvaluationData
+
+    data = {key: step[key] for key in _evaluation_data_keys() - {"data_dir", "manual_dir"} if key in step}
+    return EvaluationData(**data, data_dir=_resolve(run_dir, step.get("data_dir", _DATA_DIR)),
+                          manual_dir=_resolve(run_dir, step.get("manual_dir")))
 
 
 def _step_evaluate(step, run_dir):
-    from keras_dmdiff.evaluation import DEFAULT_DATASET, DEFAULT_SPLIT, run_evaluation
+    from keras_dmdiff.evaluation import run_evaluation
 
-    paths = {argument: _resolve(run_dir, step.get(key, default)) for key, (argument, default) in _EVALUATE_PATHS.items()}
-    settings = {key: step[key] for key in _evaluate_settings() if key in step}
-    settings.setdefault("dataset", DEFAULT_DATASET)
-    settings.setdefault("split", DEFAULT_SPLIT)
-    run_evaluation(**paths, **settings, options=_sampling_options(step))
+    paths = {key: _resolve(run_dir, step.get(key, default)) for key, default in _EVALUATE_PATHS.items()}
+    run_evaluation(paths["model"], _evaluation_data(step, run_dir), paths["out"], _evaluation_settings(step),
+                   regression_model_path=paths["regression_model"])
 
 
 def _step_export(step, run_dir):
@@ -195,15 +215,13 @@ def _step_large_volume(step, run_dir):
 def _step_cross_suite(step, run_dir):
     from keras_dmdiff.cross_suite import run_cross_suite
 
-    settings = {k: v for k, v in step.items()
-                if k not in ("kind", "models", "data", "out", "data_dir", *_SAMPLING_KEYS)}
     run_cross_suite(
         {suite: _resolve(run_dir, path) for suite, path in step["models"].items()},
         {suite: _resolve(run_dir, path) for suite, path in step["data"].items()},
         _resolve(run_dir, step.get("out", "cross_suite")),
-        data_dir=_resolve(run_dir, step.get("data_dir", "tfds")),
-        options=_sampling_options(step),
-        **settings,
+        _evaluation_settings(step),
+        reading=_evaluation_data(step, run_dir),
+        **({"set_name": step["set_name"]} if "set_name" in step else {}),
     )
 
 

@@ -83,16 +83,17 @@ class PosteriorMonitor(keras.callbacks.Callback):
 
     def measure(self):
         """The monitor's statistics for the model as it is now: a dict of LOG_KEYS."""
-        from keras_dmdiff.evaluation import evaluate
+        from keras_dmdiff.evaluation import EvaluationSettings, evaluate
         from keras_dmdiff.posterior import SamplingOptions
         from keras_dmdiff.posterior_metrics import MeasureSettings
 
         c = self.config
-        summary = evaluate(
-            self.model, self.maps, num_samples=c.samples, num_steps=c.steps, seed=c.seed,
-            options=SamplingOptions(batch_size=c.maps * c.samples), box_size=self.box_size,
-            baselines=[], figures=False, progress=False, measure_settings=MeasureSettings(num_apertures=0),
-        )["summary"]
+        settings = EvaluationSettings(
+            num_samples=c.samples, num_steps=c.steps, seed=c.seed,
+            options=SamplingOptions(batch_size=c.maps * c.samples), measure=MeasureSettings(num_apertures=0),
+        )
+        summary = evaluate(self.model, self.maps, settings, baselines=[], box_size=self.box_size,
+                           figures=False, progress=False)["summary"]
         return {
             "science_r_mean": summary["cross_correlation_1_k_5"]["diffusion_posterior_mean"],
             "science_r_sample": summary["cross_correlation_1_k_5"]["diffusion_samples"],

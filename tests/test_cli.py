@@ -203,15 +203,19 @@ def test_reconstruct_in_tiles_reports_bad_tiles(tiny_model_path, tmp_path, capsy
 def test_flag_defaults_are_the_functions_defaults():
     import inspect
 
-    from keras_dmdiff.evaluation import run_evaluation
+    from keras_dmdiff.evaluation import EvaluationData, EvaluationSettings
     from keras_dmdiff.reconstruct import reconstruct
 
     parser = cli.build_parser()
-    for argv, function in (
-        (["evaluate", "--model", "m.keras", "--out", "o"], run_evaluation),
-        (["reconstruct", "--example"], reconstruct),
+    reconstruct_defaults = {name: p.default for name, p in inspect.signature(reconstruct).parameters.items()}
+    evaluate_defaults = {**vars(EvaluationSettings()), **vars(EvaluationData())}
+    for argv, defaults in (
+        (["evaluate", "--model", "m.keras", "--out", "o"], evaluate_defaults),
+        (["reconstruct", "--example"], reconstruct_defaults),
     ):
         args = parser.parse_args(argv)
-        defaults = inspect.signature(function).parameters
         for name in ("num_samples", "num_steps", "seed"):
-            assert getattr(args, name) == defaults[name].default, (argv[0], name)
+            assert getattr(args, name) == defaults[name], (argv[0], name)
+    args = parser.parse_args(["evaluate", "--model", "m.keras", "--out", "o"])
+    assert (args.dataset, args.split, args.max_maps) == (
+        evaluate_defaults["dataset"], evaluate_defaults["split"], evaluate_defaults["max_maps"])

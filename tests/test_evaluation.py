@@ -10,6 +10,9 @@ from keras_dmdiff.evaluation import (
     CONDITIONAL_MEAN,
     REGRESSION_UNET,
     STELLAR_TRACER,
+    Baselines,
+    EvaluationData,
+    EvaluationSettings,
     collect_maps,
     evaluate,
     run_evaluation,
@@ -81,9 +84,8 @@ def test_oracle_sampler_gets_perfect_scores_and_beats_the_baselines(toy):
     metrics = evaluate(
         oracle_sampler(toy),
         (toy["stars"], toy["truth"]),
-        num_samples=4,
-        num_steps=1,
-        train_batches=toy["train"],
+        EvaluationSettings(num_samples=4, num_steps=1),
+        baselines=Baselines(train_batches=toy["train"]),
         progress=False,
     )
     summary = metrics["summary"]
@@ -112,8 +114,7 @@ def test_calibration_tells_a_calibrated_posterior_from_a_miscalibrated_one(toy, 
     metrics = evaluate(
         gaussian_sampler(toy, width),
         (toy["stars"], toy["truth"]),
-        num_samples=16,
-        num_steps=1,
+        EvaluationSettings(num_samples=16, num_steps=1),
         baselines=[],
         progress=False,
     )
@@ -134,7 +135,8 @@ def test_evaluate_writes_the_output_folder_and_resumes_without_resampling(toy, t
     calls = []
     out = tmp_path / "eval"
     data = (toy["stars"][:4], toy["truth"][:4])
-    kwargs = dict(num_samples=3, num_steps=7, seed=5, maps_per_call=1, progress=False)
+    settings = EvaluationSettings(num_samples=3, num_steps=7, seed=5, maps_per_call=1)
+    kwargs = dict(settings=settings, progress=False)
     metadata = {"model_path": "toy", "dataset": "fake", "split": "test"}
 
     # A run that dies while sampling map 2 keeps maps 0 and 1.
@@ -155,7 +157,8 @@ def test_evaluate_writes_the_output_folder_and_resumes_without_resampling(toy, t
 
     # The rerun samples only the missing maps, then writes everything.
     calls.clear()
-    metrics = evaluate(draw, data, out_dir=out, metadata=metadata, train_batches=toy["train"], **kwargs)
+    metrics = evaluate(draw, data, out_dir=out, metadata=metadata,
+                       baselines=Baselines(train_batches=toy["train"]), **kwargs)
     assert calls == [[2], [3]]
     names = {p.name for p in out.iterdir()}
     assert {"metrics.json", "samples.h5", "maps.png", "power_spectrum.png", "cross_correlation.png",
@@ -198,7 +201,7 @@ def test_evaluate_writes_the_output_folder_and_resumes_without_resampling(toy, t
     assert calls == [[4]]
     # Other settings or other maps must not silently mix with stored samples.
     with pytest.raises(ValueError, match="seed"):
-        evaluate(draw, data, out_dir=out, **{**kwargs, "seed": 6})
+        evaluate(draw, data, out_dir=out, **{**kwargs, "settings": settings.replace(seed=6)})
     with pytest.raises(ValueError, match="other maps"):
         evaluate(draw, (toy["stars"][1:5], toy["truth"][1:5]), out_dir=out, **kwargs)
 
@@ -208,8 +211,8 @@ def test_damaged_or_foreign_sample_files_are_named_and_drawn_work_is_kept(toy, t
     calls = []
     draw = gaussian_sampler(toy, 0.1, calls)
     data = (toy["stars"][:3], toy["truth"][:3])
-    kwargs = dict(num_samples=2, num_steps=3, seed=1, maps_per_call=1, baselines=[], figures=False,
-                  progress=False)
+    kwargs = dict(settings=EvaluationSettings(num_samples=2, num_steps=3, seed=1, maps_per_call=1), baselines=[],
+                  figures=False, progress=False)
     out = tmp_path / "eval"
 
     @PosteriorFunction
@@ -267,19 +270,23 @@ def test_evaluate_rejects_bad_samplers_and_inputs(toy):
         return np.full((len(stellar_mass), num_samples) + stellar_mass.shape[1:], np.nan, np.float32)
 
     with pytest.raises(ValueError, match="shape"):
-        evaluate(wrong_shape, data, num_samples=2, progress=False)
+        evaluate(wrong_shape, data, EvaluationSettings(num_samples=2), progress=False)
     with pytest.raises(ValueError, match="non-finite"):
-        evaluate(nan_maps, data, num_samples=2, progress=False)
+        evaluate(nan_maps, data, EvaluationSettings(num_samples=2), progress=False)
     with pytest.raises(ValueError, match="Unknown baseline"):
         evaluate(oracle_sampler(toy), data, baselines=["nope"], progress=False)
     with pytest.raises(ValueError, match="train_batches"):
         evaluate(oracle_sampler(toy), data, baselines=[CONDITIONAL_MEAN], progress=False)
     # A plain function is not a posterior sampler until wrapped; options it cannot honour are named.
     with pytest.raises(TypeError, match="PosteriorFunction"):
-        evaluate(wrong_shape.function, data, num_samples=2, progress=False)
+        evaluate(wrong_shape.function, data, EvaluationSettings(num_samples=2), progress=False)
     with pytest.raises(ValueError, match="does not support the sampling option sampler='ddim'"):
-        evaluate(oracle_sampler(toy), data, num_samples=2, options=SamplingOptions(sampler="ddim", eta=0.5),
-                 progress=False)
+        evaluate(oracle_sampler(toy), data,
+                 EvaluationSettings(num_samples=2, options=SamplingOptions(sampler="ddim", eta=0.5)), progress=False)
+    with pytest.raises(ValueError, match="`num_samples` must be an int >= 1"):
+        EvaluationSettings(num_samples=0)
+    with pytest.raises(ValueError, match="`max_maps` must be an int >= 1 or None"):
+        EvaluationSettings(max_maps=0)
     with pytest.raises(ValueError, match="No maps"):
         collect_maps([])
     stars, dm = collect_maps([data, data], max_maps=3)
@@ -302,8 +309,7 @@ def test_tiny_diffusion_model_through_evaluate(toy, tmp_path):
     metrics = evaluate(
         model,
         (stars, truth),
-        num_samples=2,
-        num_steps=3,
+        EvaluationSettings(num_samples=2, num_steps=3),
         # (a), the regression U-Net, runs in test_run_evaluation_from_keras_files...
         baselines={STELLAR_TRACER: STELLAR_TRACER, CONDITIONAL_MEAN: fitted,
                    "smoothed_stars": lambda s: 1e10 + periodic_gaussian_smooth(s, 1.0)},
@@ -340,21 +346,10 @@ def test_run_evaluation_from_keras_files_on_a_tfds_split(cmd_dirs, tmp_path):
     regression.build()
     regression.save(tmp_path / "regression.keras")
     out = tmp_path / "eval"
-    metrics = run_evaluation(
-        tmp_path / "model.keras",
-        "camels_cmd/IllustrisTNG_LH",
-        "test",
-        out,
-        num_samples=2,
-        num_steps=2,
-        seed=1,
-        max_maps=3,
-        crop_size=32,
-        max_train_maps=8,
-        regression_model_path=tmp_path / "regression.keras",
-        progress=False,
-        **cmd_dirs,
-    )
+    data = EvaluationData("camels_cmd/IllustrisTNG_LH", "test", crop_size=32, max_train_maps=8, **cmd_dirs)
+    settings = EvaluationSettings(num_samples=2, num_steps=2, seed=1, max_maps=3)
+    metrics = run_evaluation(tmp_path / "model.keras", data, out, settings,
+                             regression_model_path=tmp_path / "regression.keras", progress=False)
     assert metrics["settings"]["num_maps"] == 3
     assert metrics["settings"]["box_size"] == pytest.approx(25.0 * 32 / 256)
     assert metrics["baselines"] == [CONDITIONAL_MEAN, REGRESSION_UNET, STELLAR_TRACER]
@@ -365,11 +360,8 @@ def test_run_evaluation_from_keras_files_on_a_tfds_split(cmd_dirs, tmp_path):
         assert f.attrs["dataset"] == "camels_cmd/IllustrisTNG_LH" and f.attrs["split"] == "test"
         assert f.attrs["model_path"].endswith("model.keras")
     with pytest.raises(ValueError, match="RegressionUNet"):
-        run_evaluation(
-            tmp_path / "model.keras", "camels_cmd/IllustrisTNG_LH", "test", tmp_path / "other",
-            num_samples=2, num_steps=2, max_maps=1, crop_size=32,
-            regression_model_path=tmp_path / "model.keras", progress=False, **cmd_dirs,
-        )
+        run_evaluation(tmp_path / "model.keras", data, tmp_path / "other", settings.replace(max_maps=1),
+                       regression_model_path=tmp_path / "model.keras", progress=False)
 
 
 def test_exported_saved_model_evaluates_like_its_keras_model(tmp_path):
@@ -382,20 +374,30 @@ def test_exported_saved_model_evaluates_like_its_keras_model(tmp_path):
     export_saved_model(model, tmp_path / "savedmodel", samplers=("ancestral",))
     loaded = load_posterior(tmp_path / "savedmodel")
     assert type(loaded).__name__ == "ExportedSampler"
-    kwargs = dict(num_samples=2, num_steps=2, seed=3, baselines=[], figures=False, progress=False)
+    kwargs = dict(baselines=[], figures=False, progress=False)
     options = SamplingOptions(batch_size=4)
-    exported = evaluate(loaded, (stars, truth), out_dir=tmp_path / "a", options=options, **kwargs)
-    direct = evaluate(model, (stars, truth), out_dir=tmp_path / "b", options=options, **kwargs)
+    settings = EvaluationSettings(num_samples=2, num_steps=2, seed=3, options=options)
+    exported = evaluate(loaded, (stars, truth), settings, out_dir=tmp_path / "a", **kwargs)
+    direct = evaluate(model, (stars, truth), settings, out_dir=tmp_path / "b", **kwargs)
     with h5py.File(tmp_path / "a" / "samples.h5") as fa, h5py.File(tmp_path / "b" / "samples.h5") as fb:
         np.testing.assert_allclose(fa["samples"][:], fb["samples"][:], rtol=1e-4)
     assert exported["summary"]["mse_dex2"] == pytest.approx(direct["summary"]["mse_dex2"], rel=1e-3)
     # Both record the shifts in force: the .keras model's default, the SavedModel's as exported.
     assert direct["settings"]["random_shifts"] is False and exported["settings"]["random_shifts"] is False
     with pytest.raises(ValueError, match="random_shifts=False fixed"):
-        evaluate(loaded, (stars, truth), options=SamplingOptions(random_shifts=True), **kwargs)
+        evaluate(loaded, (stars, truth), settings.replace(options=SamplingOptions(random_shifts=True)), **kwargs)
     with pytest.raises(ValueError, match="does not support the sampling option tile_size=16"):
-        evaluate(loaded, (stars, truth), options=SamplingOptions(tile_size=16), **kwargs)
+        evaluate(loaded, (stars, truth), settings.replace(options=SamplingOptions(tile_size=16)), **kwargs)
     # Samples drawn without shifts are not resumed with them.
     with pytest.raises(ValueError, match="random_shifts"):
-        evaluate(model, (stars, truth), out_dir=tmp_path / "b", options=options.replace(random_shifts=True),
-                 **kwargs)
+        evaluate(model, (stars, truth), settings.replace(options=options.replace(random_shifts=True)),
+                 out_dir=tmp_path / "b", **kwargs)
+
+
+def test_the_settings_examples_run():
+    import doctest
+
+    from keras_dmdiff import evaluation
+
+    result = doctest.testmod(evaluation)
+    assert result.failed == 0 and result.attempted >= 3

@@ -5,7 +5,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from keras_dmdiff import plotting
-from keras_dmdiff.evaluation import evaluate
+from keras_dmdiff.evaluation import Baselines, EvaluationSettings, evaluate
 from keras_dmdiff.posterior import PosteriorFunction
 from keras_dmdiff_datasets.camels_cmd.fake_cmd import fake_maps
 
@@ -28,8 +28,8 @@ def maps():
 
 @pytest.fixture(scope="module")
 def metrics(maps):
-    result = evaluate(lognormal_sampler(0.5), maps, num_samples=4, num_steps=1,
-                      train_batches=maps, progress=False)
+    result = evaluate(lognormal_sampler(0.5), maps, EvaluationSettings(num_samples=4, num_steps=1),
+                      baselines=Baselines(train_batches=maps), progress=False)
     # What a user gets back from metrics.json: lists, NaN written as null.
     return json.loads(json.dumps(result))
 
@@ -90,8 +90,7 @@ def test_figures_survive_missing_calibration_nan_and_unknown_baselines(maps, tmp
     result = evaluate(
         lognormal_sampler(0.5),
         maps,
-        num_samples=1,
-        num_steps=1,
+        EvaluationSettings(num_samples=1, num_steps=1),
         baselines={"flat": lambda s: np.full(s.shape, 1e11, np.float32)},
         progress=False,
     )

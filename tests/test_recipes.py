@@ -116,15 +116,12 @@ def test_recipes_are_read_without_tomllib_as_on_python_3_10(tmp_path, monkeypatc
 
 
 def test_the_evaluate_step_passes_its_settings_to_run_evaluation(tmp_path, monkeypatch):
-    import functools
-
     from keras_dmdiff import evaluation
 
     calls = []
 
-    @functools.wraps(evaluation.run_evaluation)  # the step reads the signature through __wrapped__
-    def run_evaluation(**kwargs):
-        calls.append(kwargs)
+    def run_evaluation(model_path, data, out_dir, settings, **kwargs):
+        calls.append((model_path, data, out_dir, settings, kwargs))
 
     monkeypatch.setattr(evaluation, "run_evaluation", run_evaluation)
     recipe = tmp_path / "evaluate.toml"
@@ -133,15 +130,25 @@ def test_the_evaluate_step_passes_its_settings_to_run_evaluation(tmp_path, monke
         'regression_model = "train/mean/model.keras"\nsampler = "ddim"\n'
     )
     run_recipe(recipe, tmp_path / "run")
-    (kwargs,) = calls
-    assert kwargs["num_samples"] == 4 and kwargs["max_train_maps"] == 3
-    assert "num_steps" not in kwargs  # run_evaluation's own default, written there only
-    assert (kwargs["dataset"], kwargs["split"]) == (evaluation.DEFAULT_DATASET, evaluation.DEFAULT_SPLIT)
+    ((model_path, data, out_dir, settings, kwargs),) = calls
+    assert settings.num_samples == 4 and data.max_train_maps == 3
+    # What the step does not set keeps the dataclasses' defaults, written there only.
+    assert settings.num_steps == evaluation.EvaluationSettings().num_steps
+    assert (data.dataset, data.split) == (evaluation.DEFAULT_DATASET, evaluation.DEFAULT_SPLIT)
     run = tmp_path / "run"
-    assert kwargs["model_path"] == str(run / "train" / "model.keras")
+    assert model_path == str(run / "train" / "model.keras")
     assert kwargs["regression_model_path"] == str(run / "train" / "mean" / "model.keras")
-    assert kwargs["out_dir"] == str(run / "evaluate") and kwargs["manual_dir"] is None
-    assert kwargs["options"].sampler == "ddim"
+    assert out_dir == str(run / "evaluate") and data.manual_dir is None
+    assert data.data_dir == str(run / "tfds")
+    assert settings.options.sampler == "ddim"
+
+
+def test_the_evaluate_and_cross_suite_steps_refuse_unknown_settings(tmp_path):
+    for kind in ("evaluate", "cross_suite"):
+        recipe = tmp_path / f"{kind}.toml"
+        recipe.write_text(f'description = "x"\n[[steps]]\nkind = "{kind}"\nnum_sample = 4\n')
+        with pytest.raises(ValueError, match=r"unknown settings \['num_sample'\]"):
+            run_recipe(recipe, tmp_path / "run")
 
 
 def test_the_distill_step_resolves_its_paths_and_stops_at_the_time_limit(tmp_path, monkeypatch):
