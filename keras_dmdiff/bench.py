@@ -63,6 +63,7 @@ from keras_dmdiff.sampler_quality import (
     DEFAULT_QUALITY_STEPS,
     DEFAULT_SAMPLERS,
     QUALITY_FIELDS,
+    QualitySettings,
     load_quality_data,
     quality_vs_steps,
 )
@@ -265,12 +266,9 @@ def _quality_worker(config, sizes):
     stellar, dark = load_quality_data(
         config.quality_data, config.quality_maps, config.quality_suite, config.quality_set, config.quality_crop
     )
-    output = quality_vs_steps(
-        model,
-        stellar,
-        dark,
-        samplers=config.samplers,
-        steps=config.quality_steps,
+    settings = QualitySettings(
+        samplers=tuple(config.samplers),
+        steps=tuple(config.quality_steps),
         reference_steps=config.reference_steps,
         reference_sampler=config.reference_sampler,
         num_samples=config.quality_samples,
@@ -279,8 +277,9 @@ def _quality_worker(config, sizes):
         coupled=config.quality_coupled,
         converged_steps=config.quality_converged_steps,
         random_shifts=config.quality_random_shifts,
-        ddim_etas=config.quality_ddim_etas,
+        ddim_etas=tuple(config.quality_ddim_etas),
     )
+    output = quality_vs_steps(model, stellar, dark, settings)
     output["backend"] = keras.backend.backend()
     return output
 

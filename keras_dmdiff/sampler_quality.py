@@ -7,6 +7,7 @@ headline statistics as evaluation defines them (`keras_dmdiff.stats.headline`)
 with paired bootstrap errors.
 """
 
+import dataclasses
 import math
 import pathlib
 import time
@@ -127,28 +128,64 @@ def _paired_bootstrap(stats, ref, resamples=500, seed=0):
     }
 
 
-def quality_vs_steps(
-    model,
-    stellar_mass,
-    dark_matter,
-    samplers=DEFAULT_SAMPLERS,
-    steps=DEFAULT_QUALITY_STEPS,
-    reference_steps=250,
-    reference_sampler="ancestral",
-    num_samples=8,
-    seed=0,
-    batch_size=16,
-    box_size=None,
-    k_max=10.0,
-    noise_floor=True,
-    coupled=True,
-    converged_steps=None,
-    random_shifts=None,
-    ddim_etas=(),
-):
+@dataclasses.dataclass(frozen=True)
+class QualitySettings:
+    """What `quality_vs_steps` draws and how it pairs the draws.
+
+    Args:
+        samplers: sampler names.
+        steps: numbers of steps per sampler.
+        reference_steps: steps of the reference.
+        reference_sampler: the reference's sampler.
+        num_samples: samples per map (>= 2, for coverage).
+        seed: sampling seed (the same for every pair).
+        batch_size: maps per network call.
+        box_size: side of the maps in Mpc/h (None: the CMD pixel, 25 * H / 256).
+        k_max: upper k (h/Mpc) of the P(k) and r(k) summaries.
+        noise_floor: also redraw the reference with seed + 1.
+        coupled: draw every pair with noise paired to the reference's.
+        converged_steps: None, or steps of a convergence check of the reference sampler.
+        random_shifts: None for `model.sample`'s default, or a bool (every
+            row and the reference alike).
+        ddim_etas: also rows of stochastic DDIM with each of these `eta`
+            (0 < eta <= 1) at every step count.
+
+    Example:
+        >>> QualitySettings(steps=(10, 25), converged_steps=1000).noise_steps()
+        1000
+    """
+
+    samplers: tuple = DEFAULT_SAMPLERS
+    steps: tuple = DEFAULT_QUALITY_STEPS
+    reference_steps: int = 250
+    reference_sampler: str = "ancestral"
+    num_samples: int = 8
+    seed: int = 0
+    batch_size: int = 16
+    box_size: float | None = None
+    k_max: float = 10.0
+    noise_floor: bool = True
+    coupled: bool = True
+    converged_steps: int | None = None
+    random_shifts: bool | None = None
+    ddim_etas: tuple = ()
+
+    def __post_init__(self):
+        if int(self.num_samples) < 2:
+            raise ValueError(f"Coverage needs num_samples >= 2; got {self.num_samples}.")
+
+    def noise_steps(self):
+        """The one noise grid of every draw (None: uncoupled draws)."""
+        if not self.coupled:
+            return None
+        extra = [int(self.converged_steps)] if self.converged_steps else []
+        return math.lcm(int(self.reference_steps), *map(int, self.steps), *extra)
+
+
+def quality_vs_steps(model, stellar_mass, dark_matter, settings=None):
     """Quality of each sampler against its number of steps, relative to a reference sampler.
 
-    Every (sampler, steps) pair draws `num_samples` posterior samples of each
+    Every (sampler, steps) pair draws `settings.num_samples` posterior samples of each
     held-out map; the reference (by default 250-step ancestral sampling, the
     reference method) draws as many. Reported per pair:
 
@@ -175,7 +212,7 @@ def quality_vs_steps(
       `coverage_difference_vs_reference_points`: the largest |difference|
       over the levels (target: <= 2).
 
-    With `coupled` (the default), every draw takes its noise from one grid of
+    With `settings.coupled` (the default), every draw takes its noise from one grid of
     `noise_steps` steps, the least common multiple of all step counts
     (`VariationalDiffusion.sample(..., noise_steps=...)`): all start from the
     same initial noise, and stochastic samplers (ancestral, DPM-Solver++ 2M
@@ -185,33 +222,18 @@ def quality_vs_steps(
     independent draws; ODE samplers share only the initial noise, so their
     standard errors stay large.
 
-    With `noise_floor`, the reference is drawn a second time with another seed
+    With `settings.noise_floor`, the reference is drawn a second time with another seed
     and compared with the first like any other row ("reference_repeat"): the
     scatter of two independent draws at this many maps and samples.
 
-    With `converged_steps`, the reference sampler is also run with that many
+    With `settings.converged_steps`, the reference sampler is also run with that many
     steps (a row flagged "convergence_check"): how far the reference itself is
     from its many-step limit.
 
     Args:
         model: a `VariationalDiffusion` (trained, for meaningful numbers).
         stellar_mass, dark_matter: held-out physical maps [M, H, W].
-        samplers: sampler names.
-        steps: numbers of steps per sampler.
-        reference_steps: steps of the reference.
-        reference_sampler: the reference's sampler.
-        num_samples: samples per map.
-        seed: sampling seed (the same for every pair).
-        batch_size: maps per network call.
-        box_size: side of the maps in Mpc/h (default: the CMD pixel, 25 * H / 256).
-        k_max: upper k (h/Mpc) of the P(k) and r(k) summaries.
-        noise_floor: also redraw the reference with seed + 1.
-        coupled: draw every pair with noise paired to the reference's.
-        converged_steps: None, or steps of a convergence check of the reference sampler.
-        random_shifts: None for `model.sample`'s default, or a bool (every
-            row and the reference alike).
-        ddim_etas: also rows of stochastic DDIM with each of these `eta`
-            (0 < eta <= 1) at every step count.
+        settings: a `QualitySettings` (None: the defaults).
 
     Returns:
         dict: "reference" (its settings and statistics), "reference_repeat"
@@ -220,111 +242,119 @@ def quality_vs_steps(
         "num_samples", "box_size", "levels", "random_shifts"; JSON-serialisable.
 
     Example:
-        >>> quality = quality_vs_steps(model, stars, dm, samplers=("ddim",), steps=(10, 25))  # doctest: +SKIP
+        >>> quality = quality_vs_steps(model, stars, dm,  # doctest: +SKIP
+        ...                            QualitySettings(samplers=("ddim",), steps=(10, 25)))
     """
-    if int(num_samples) < 2:
-        raise ValueError(f"Coverage needs num_samples >= 2; got {num_samples}.")
-    stellar_mass = np.asarray(stellar_mass, np.float32)
-    dark_matter = np.asarray(dark_matter, np.float64)
-    box = _box_size(dark_matter.shape[-1], box_size)
-    all_steps = [int(reference_steps), *map(int, steps)] + ([int(converged_steps)] if converged_steps else [])
-    noise_steps = math.lcm(*all_steps) if coupled else None
-    shifts = model.resolve_options(SamplingOptions(random_shifts=random_shifts)).random_shifts
+    run = _QualityRun(model, stellar_mass, dark_matter, QualitySettings() if settings is None else settings)
+    c = run.settings
+    repeat = run.row(c.reference_sampler, c.reference_steps, c.seed + 1) if c.noise_floor else None
+    rows = [run.row(sampler, num_steps) for sampler in c.samplers for num_steps in c.steps]
+    rows += [run.row("ddim", num_steps, eta=eta) for eta in c.ddim_etas for num_steps in c.steps]
+    if c.converged_steps:
+        rows.append(dict(run.row(c.reference_sampler, c.converged_steps), convergence_check=True))
+    return json_safe(
+        {
+            "reference": run.reference_row(),
+            "reference_repeat": repeat,
+            "rows": rows,
+            "noise_steps": run.noise_steps,
+            "k_max": float(c.k_max),
+            "num_maps": int(len(run.stellar_mass)),
+            "num_samples": int(c.num_samples),
+            "box_size": run.box,
+            "levels": run.ref["levels"],
+            "random_shifts": run.shifts,
+        }
+    )
 
-    def draw(sampler, num_steps, draw_seed=seed, eta=0.0):
+
+class _QualityRun:
+    """The reference drawn once, and every row measured against it."""
+
+    def __init__(self, model, stellar_mass, dark_matter, settings):
+        from keras_dmdiff.stats import one_point_pdf
+
+        self.model, self.settings = model, settings
+        self.stellar_mass = np.asarray(stellar_mass, np.float32)
+        self.dark_matter = np.asarray(dark_matter, np.float64)
+        self.box = _box_size(self.dark_matter.shape[-1], settings.box_size)
+        self.noise_steps = settings.noise_steps()
+        self.shifts = model.resolve_options(SamplingOptions(random_shifts=settings.random_shifts)).random_shifts
+        self.pdf_true = one_point_pdf(self.dark_matter)[1].mean(axis=0)
+        samples, self.ref_seconds = self.draw(settings.reference_sampler, settings.reference_steps)  # raises if it diverges
+        self.ref = _sample_statistics(samples, self.dark_matter, self.box, settings.k_max)
+
+    def draw(self, sampler, num_steps, seed=None, eta=0.0):
+        c = self.settings
+        options = SamplingOptions(sampler=sampler, eta=eta, batch_size=c.batch_size, noise_steps=self.noise_steps,
+                                  random_shifts=self.shifts)
         start = time.perf_counter()
-        samples = model.sample(
-            stellar_mass,
-            num_samples=num_samples,
-            num_steps=num_steps,
-            seed=draw_seed,
-            sampler=sampler,
-            eta=eta,
-            batch_size=batch_size,
-            noise_steps=noise_steps,
-            random_shifts=shifts,
-        )
-        seconds = time.perf_counter() - start
-        return samples.astype(np.float64), seconds
+        samples = self.model.sample(self.stellar_mass, c.num_samples, int(num_steps),
+                                    c.seed if seed is None else seed, options)
+        return samples.astype(np.float64), time.perf_counter() - start
 
-    def evaluations(num_steps):
-        return int(num_steps * math.ceil(len(stellar_mass) * num_samples / batch_size))
+    def evaluations(self, num_steps):
+        c = self.settings
+        return int(num_steps * math.ceil(len(self.stellar_mass) * c.num_samples / c.batch_size))
 
-    ref_samples, ref_seconds = draw(reference_sampler, reference_steps)  # raises if it diverges
-    ref = _sample_statistics(ref_samples, dark_matter, box, k_max)
-    low_k = ref["low_k"]
-    from keras_dmdiff.models.samplers import is_stochastic
-    from keras_dmdiff.stats import DEFAULT_LOG10_SIGMA_BINS, one_point_pdf
+    def pdf_distance(self, pdf, other):
+        from keras_dmdiff.stats import DEFAULT_LOG10_SIGMA_BINS
 
-    pdf_true = one_point_pdf(dark_matter)[1].mean(axis=0)
+        return float(np.sum(np.abs(pdf - other) * np.diff(DEFAULT_LOG10_SIGMA_BINS)))
 
-    width = np.diff(DEFAULT_LOG10_SIGMA_BINS)
+    def row(self, sampler, num_steps, seed=None, eta=0.0):
+        """One row of `QUALITY_FIELDS` (with "error" set, and None elsewhere, if the sampler diverged)."""
+        from keras_dmdiff.models.samplers import is_stochastic
 
-    def measure(sampler, num_steps, draw_seed=seed, eta=0.0):
+        c, ref = self.settings, self.ref
         row = {
             "sampler": sampler,
             "eta": float(eta) if sampler == "ddim" else None,
             "num_steps": int(num_steps),
-            "network_evaluations": evaluations(num_steps),
+            "network_evaluations": self.evaluations(num_steps),
         }
-        if draw_seed != seed or not coupled:
+        if (seed is not None and seed != c.seed) or not c.coupled:
             row["coupling"] = "none"
         else:
-            stochastic = is_stochastic(sampler, eta) and is_stochastic(reference_sampler)
+            stochastic = is_stochastic(sampler, eta) and is_stochastic(c.reference_sampler)
             row["coupling"] = "noise path" if stochastic else "initial noise"
         try:
-            samples, row["seconds"] = draw(sampler, int(num_steps), draw_seed, eta)
+            samples, row["seconds"] = self.draw(sampler, num_steps, seed, eta)
         except FloatingPointError as error:  # a diverging sampler is a result of the table, not a crash
             row.update({field: None for field in QUALITY_FIELDS if field not in row})
             row["error"] = str(error)
             return row
-        stats = _sample_statistics(samples, dark_matter, box, k_max)
+        stats = _sample_statistics(samples, self.dark_matter, self.box, c.k_max)
+        low_k = ref["low_k"]
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = np.abs(stats["power_ratio"][low_k] / ref["power_ratio"][low_k] - 1.0)
-        row.update(_paired_bootstrap(stats, ref, seed=seed))
+        row.update(_paired_bootstrap(stats, ref, seed=c.seed))
         row.update(
             power_ratio_error_vs_reference=float(np.nanmean(rel)),
             power_ratio_error_vs_truth=stats["power_ratio_error"],
             r_posterior_mean=stats["r_posterior_mean"],
             r_difference_vs_reference=stats["r_posterior_mean"] - ref["r_posterior_mean"],
-            pdf_distance_vs_reference=float(np.sum(np.abs(stats["pdf"] - ref["pdf"]) * width)),
-            pdf_distance_vs_truth=float(np.sum(np.abs(stats["pdf"] - pdf_true) * width)),
-            coverage=[float(c) for c in stats["coverage"]],
+            pdf_distance_vs_reference=self.pdf_distance(stats["pdf"], ref["pdf"]),
+            pdf_distance_vs_truth=self.pdf_distance(stats["pdf"], self.pdf_true),
+            coverage=[float(v) for v in stats["coverage"]],
             coverage_difference_vs_reference_points=float(np.max(np.abs(row["coverage_difference_points"]))),
             error=None,
         )
         return row
 
-    repeat = measure(reference_sampler, reference_steps, seed + 1) if noise_floor else None
-    rows = [measure(sampler, num_steps) for sampler in samplers for num_steps in steps]
-    rows += [measure("ddim", num_steps, eta=eta) for eta in ddim_etas for num_steps in steps]
-    if converged_steps:
-        rows.append(dict(measure(reference_sampler, converged_steps), convergence_check=True))
-    reference = {
-        "sampler": reference_sampler,
-        "num_steps": int(reference_steps),
-        "network_evaluations": evaluations(reference_steps),
-        "seconds": ref_seconds,
-        "mean_power_ratio": _mean_power_ratio(ref["unit_power_ratio"]),
-        "power_ratio_error_vs_truth": ref["power_ratio_error"],
-        "r_posterior_mean": ref["r_posterior_mean"],
-        "pdf_distance_vs_truth": float(np.sum(np.abs(ref["pdf"] - pdf_true) * width)),
-        "coverage": [float(c) for c in ref["coverage"]],
-    }
-    return json_safe(
-        {
-            "reference": reference,
-            "reference_repeat": repeat,
-            "rows": rows,
-            "noise_steps": noise_steps,
-            "k_max": float(k_max),
-            "num_maps": int(len(stellar_mass)),
-            "num_samples": int(num_samples),
-            "box_size": box,
-            "levels": ref["levels"],
-            "random_shifts": shifts,
+    def reference_row(self):
+        c, ref = self.settings, self.ref
+        return {
+            "sampler": c.reference_sampler,
+            "num_steps": int(c.reference_steps),
+            "network_evaluations": self.evaluations(c.reference_steps),
+            "seconds": self.ref_seconds,
+            "mean_power_ratio": _mean_power_ratio(ref["unit_power_ratio"]),
+            "power_ratio_error_vs_truth": ref["power_ratio_error"],
+            "r_posterior_mean": ref["r_posterior_mean"],
+            "pdf_distance_vs_truth": self.pdf_distance(ref["pdf"], self.pdf_true),
+            "coverage": [float(v) for v in ref["coverage"]],
         }
-    )
 
 
 def load_quality_data(path, max_maps=None, suite="IllustrisTNG", set_name="CV", crop_size=None):

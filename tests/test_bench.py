@@ -165,7 +165,7 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
 
 def test_quality_needs_two_samples_and_both_inputs():
     with pytest.raises(ValueError, match="num_samples"):
-        sampler_quality.quality_vs_steps(None, np.zeros((1, 16, 16)), np.ones((1, 16, 16)), num_samples=1)
+        sampler_quality.QualitySettings(num_samples=1)
     with pytest.raises(ValueError, match="both"):
         bench.run_bench(preset="tiny", quality_model="model.keras")
 
@@ -223,3 +223,11 @@ def test_a_worker_reports_its_own_peak_memory_not_its_parents():
     child_peak = float(child.stdout.strip().splitlines()[-1])
     assert parent_peak > 1.0
     assert 0.01 < child_peak < parent_peak - 0.5
+
+
+@pytest.mark.backend_independent
+def test_quality_settings_example_runs():
+    import doctest
+
+    result = doctest.testmod(sampler_quality)
+    assert result.failed == 0 and result.attempted >= 1
