@@ -223,12 +223,52 @@ def export_saved_model(
     """
     import keras
     import tensorflow as tf
-    from keras import ops
-
-    from keras_dmdiff.models.samplers import SAMPLERS, run_sampler
 
     started = time.perf_counter()
     backend = keras.backend.backend()
+    samplers = _exportable_samplers(model, samplers, backend)
+    if not model.built:
+        model.build()
+    stride = int(model.stride)
+    if jit_compile is None:
+        from keras_dmdiff.compilation import tensorflow_uses_xla
+
+        jit_compile = tensorflow_uses_xla()
+    shift_period = stride if random_shifts else None
+    draw_signature = [
+        tf.TensorSpec([None, None, None], tf.float32, name="stellar_mass"),
+        tf.TensorSpec([], tf.int32, name="num_steps"),
+        tf.TensorSpec([], tf.int32, name="seed"),
+    ]
+    archive = keras.export.ExportArchive()
+    draw_kwargs = _draw_endpoint_options(archive, model, backend, stride, jax_platforms)
+    sample_functions = []
+    for sampler in samplers:
+        sample_name, draw_name = _endpoint_names(sampler)
+        draw_fn = _draw_function(model, sampler, shift_period)
+        if backend == "tensorflow" and jit_compile:
+            draw_fn = tf.function(draw_fn, jit_compile=True, autograph=False)
+        draw_endpoint = archive.add_endpoint(draw_name, draw_fn, input_signature=draw_signature, **draw_kwargs)
+        sample_functions.append(archive.add_endpoint(sample_name, _make_sample_function(draw_endpoint, stride)))
+    # TF Serving's default signature: the first sampler's `sample` (else Keras
+    # would alias the first endpoint added, a `draw`).
+    archive.add_endpoint("serving_default", sample_functions[0])
+
+    metadata = _metadata(model, samplers, backend, stride, jax_platforms, random_shifts)
+    path = os.fspath(path)
+    _write_archive(archive, path, metadata, verbose)
+    return {
+        "path": path,
+        "seconds": time.perf_counter() - started,
+        "bytes": _directory_size(path),
+        "metadata": metadata,
+    }
+
+
+def _exportable_samplers(model, samplers, backend):
+    """The samplers to export, as a tuple, once the backend, the model and the names are checked."""
+    from keras_dmdiff.models.samplers import SAMPLERS
+
     if backend not in ("tensorflow", "jax"):
         raise NotImplementedError(f"export_saved_model supports the tensorflow and jax backends, not {backend!r}.")
     for attribute in ("network", "schedule", "transform", "stride"):
@@ -236,9 +276,7 @@ def export_saved_model(
             raise ValueError(
                 f"export_saved_model needs a VariationalDiffusion (with `{attribute}`); got {type(model).__name__}."
             )
-    if isinstance(samplers, str):
-        samplers = (samplers,)
-    samplers = tuple(samplers)
+    samplers = (samplers,) if isinstance(samplers, str) else tuple(samplers)
     if not samplers:
         raise ValueError("export_saved_model needs at least one sampler.")
     if len(set(samplers)) != len(samplers):
@@ -252,77 +290,62 @@ def export_saved_model(
             f"This student was distilled for {distilled_steps} DDIM steps: export it with samplers=['ddim'], "
             f"not {list(samplers)}."
         )
-    if not model.built:
-        model.build()
-    stride = int(model.stride)
-    if jit_compile is None:
-        from keras_dmdiff.compilation import tensorflow_uses_xla
+    return samplers
 
-        jit_compile = tensorflow_uses_xla()
+
+def _draw_function(model, sampler, shift_period):
+    """`draw(stellar_mass, num_steps, seed)`: the path of `VariationalDiffusion.sample`.
+
+    Transform, `run_sampler` (which takes a tensor step count), the residual
+    mean added back, inverse transform.
+    """
+    from keras import ops
+
+    from keras_dmdiff.models.samplers import run_sampler
 
     transform = model.transform
-    shift_period = stride if random_shifts else None
-    network = model.network
-    schedule = model.schedule
 
-    def denoise(z, condition, gamma_normalised):
-        return model.predict_noise(z, condition, gamma_normalised)
+    def draw(stellar_mass, num_steps, seed):
+        condition = transform.stellar_to_network(ops.expand_dims(stellar_mass, -1))
+        normalised = run_sampler(model.predict_noise, model.schedule, condition, seed, num_steps, sampler,
+                                 shift_period=shift_period)
+        normalised = normalised + model.residual_mean(condition)
+        return transform.dark_matter_from_network(normalised)[..., 0]
 
-    def make_draw(sampler):
-        def draw(stellar_mass, num_steps, seed):
-            # The same path as VariationalDiffusion.sample: transform, run_sampler
-            # (which takes a tensor step count), inverse transform.
-            condition = transform.stellar_to_network(ops.expand_dims(stellar_mass, -1))
-            normalised = run_sampler(denoise, schedule, condition, seed, num_steps, sampler, shift_period=shift_period)
-            normalised = normalised + model.residual_mean(condition)
-            return transform.dark_matter_from_network(normalised)[..., 0]
+    return draw
 
-        return draw
 
-    draw_signature = [
-        tf.TensorSpec([None, None, None], tf.float32, name="stellar_mass"),
-        tf.TensorSpec([], tf.int32, name="num_steps"),
-        tf.TensorSpec([], tf.int32, name="seed"),
-    ]
-    archive = keras.export.ExportArchive()
-    if backend == "jax":
-        # jax2tf needs the variables as explicit inputs: track exactly the
-        # sampler's layers (not the optimizer or metrics).
-        archive.track(network)
-        archive.track(schedule)
-        if getattr(model, "mean_network", None) is not None:
-            archive.track(model.mean_network)
-        draw_kwargs = {
-            "is_static": False,
-            "jax2tf_kwargs": {
-                # Inference only: a reverse-mode gradient of a while loop with
-                # a dynamic bound cannot be traced (and is not wanted).
-                "with_gradient": False,
-                # One symbol per dimension, shared by every tensor built from
-                # the input (noise, concatenations); H and W multiples of the
-                # stride so that down/up-sampling shapes line up.
-                "polymorphic_shapes": [f"(b, {stride}*h, {stride}*w)", "()", "()"],
-                "native_serialization_platforms": tuple(jax_platforms),
-            },
-        }
-    else:
+def _draw_endpoint_options(archive, model, backend, stride, jax_platforms):
+    """The keyword arguments of `add_endpoint` for the draw endpoints (JAX: jax2tf's)."""
+    if backend != "jax":
         # Not `track(model)`: the endpoints capture the variables they use,
         # which are then saved once, without the Keras object graph.
-        draw_kwargs = {}
+        return {}
+    # jax2tf needs the variables as explicit inputs: track exactly the
+    # sampler's layers (not the optimizer or metrics).
+    archive.track(model.network)
+    archive.track(model.schedule)
+    if getattr(model, "mean_network", None) is not None:
+        archive.track(model.mean_network)
+    return {
+        "is_static": False,
+        "jax2tf_kwargs": {
+            # Inference only: a reverse-mode gradient of a while loop with
+            # a dynamic bound cannot be traced (and is not wanted).
+            "with_gradient": False,
+            # One symbol per dimension, shared by every tensor built from
+            # the input (noise, concatenations); H and W multiples of the
+            # stride so that down/up-sampling shapes line up.
+            "polymorphic_shapes": [f"(b, {stride}*h, {stride}*w)", "()", "()"],
+            "native_serialization_platforms": tuple(jax_platforms),
+        },
+    }
 
-    sample_functions = []
-    for sampler in samplers:
-        sample_name, draw_name = _endpoint_names(sampler)
-        draw_fn = make_draw(sampler)
-        if backend == "tensorflow" and jit_compile:
-            draw_fn = tf.function(draw_fn, jit_compile=True, autograph=False)
-        draw_endpoint = archive.add_endpoint(draw_name, draw_fn, input_signature=draw_signature, **draw_kwargs)
-        sample_functions.append(archive.add_endpoint(sample_name, _make_sample_function(draw_endpoint, stride)))
-    # TF Serving's default signature: the first sampler's `sample` (else Keras
-    # would alias the first endpoint added, a `draw`).
-    archive.add_endpoint("serving_default", sample_functions[0])
 
-    metadata = _metadata(model, samplers, backend, stride, jax_platforms, random_shifts)
+def _write_archive(archive, path, metadata, verbose):
+    """Adds the metadata endpoint and writes the SavedModel whole, or not at all."""
+    import tensorflow as tf
+
     metadata_json = json.dumps(metadata, indent=1, sort_keys=True)
 
     @tf.function(input_signature=[])
@@ -331,22 +354,14 @@ def export_saved_model(
 
     metadata_fn.get_concrete_function()
     archive.add_endpoint("metadata", metadata_fn)
-
-    path = os.fspath(path)
     # No gradient functions: an inference-only artifact, smaller.
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    # Written whole under a temporary name, then renamed: a kill never leaves a partial SavedModel.
+    # Written under a temporary name, then renamed: a kill never leaves a partial SavedModel.
     from keras_dmdiff import atomic_files  # here: loading a SavedModel must not need the package
 
     with atomic_files.replacing(path) as temporary:
         archive.write_out(os.fspath(temporary), options=options, verbose=verbose)
         atomic_files.write_text(temporary / METADATA_FILE, metadata_json)
-    return {
-        "path": path,
-        "seconds": time.perf_counter() - started,
-        "bytes": _directory_size(path),
-        "metadata": metadata,
-    }
 
 
 def _checks(stellar_mass, num_steps, stride):

@@ -328,45 +328,48 @@ def make_dataset(
             raise ValueError(f"crop_size {crop_size} exceeds the map shape {spec.shape}.")
     if cache:
         ds = ds.cache()
-
     if training:
-        if seed is None:
-            seed = _random.SystemRandom().randrange(2**31)
-        ds = ds.shuffle(max(1, shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
-        # One stateless seed [2] per map, new on each pass, reproducible from `seed`.
-        seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds))
-
-        def _augment(pair, element_seed):
-            return augment_pair(
-                pair[0],
-                pair[1],
-                element_seed,
-                crop_size=crop_size,
-                random_shift=random_shift,
-                symmetries=symmetries,
-            )
-
-        ds = ds.map(_augment, num_parallel_calls=num_parallel_calls, deterministic=True)
+        augmentation = dict(crop_size=crop_size, random_shift=random_shift, symmetries=symmetries)
+        ds = _shuffled_and_augmented(ds, augmentation, shuffle_buffer, seed, repeat, num_parallel_calls)
     else:
-        if crop_size is not None:
-            if eval_crop == "corner":
-                ds = ds.map(
-                    lambda x, y: (x[:crop_size, :crop_size], y[:crop_size, :crop_size]),
-                    num_parallel_calls=num_parallel_calls,
-                )
-            else:
-                ds = ds.map(
-                    lambda x, y: _tiles(tf.stack([x, y], axis=-1), crop_size),
-                    num_parallel_calls=num_parallel_calls,
-                ).unbatch()
-                ds = ds.map(lambda p: (p[..., 0], p[..., 1]))
+        ds = _cropped_for_evaluation(ds, crop_size, eval_crop, num_parallel_calls)
         if repeat:
             ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _shuffled_and_augmented(ds, augmentation, shuffle_buffer, seed, repeat, num_parallel_calls):
+    """Training maps: shuffled, then each augmented with its own stateless seed (`augment_pair`)."""
+    if seed is None:
+        seed = _random.SystemRandom().randrange(2**31)
+    ds = ds.shuffle(max(1, shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    # One stateless seed [2] per map, new on each pass, reproducible from `seed`.
+    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds))
+
+    def _augment(pair, element_seed):
+        return augment_pair(pair[0], pair[1], element_seed, **augmentation)
+
+    return ds.map(_augment, num_parallel_calls=num_parallel_calls, deterministic=True)
+
+
+def _cropped_for_evaluation(ds, crop_size, eval_crop, num_parallel_calls):
+    """Evaluation maps: whole, their top-left corner, or all their tiles (no randomness)."""
+    if crop_size is None:
+        return ds
+    if eval_crop == "corner":
+        return ds.map(
+            lambda x, y: (x[:crop_size, :crop_size], y[:crop_size, :crop_size]),
+            num_parallel_calls=num_parallel_calls,
+        )
+    ds = ds.map(
+        lambda x, y: _tiles(tf.stack([x, y], axis=-1), crop_size),
+        num_parallel_calls=num_parallel_calls,
+    ).unbatch()
+    return ds.map(lambda p: (p[..., 0], p[..., 1]))
 
 
 def crop_box_size(source, crop_size, box_size, *, split="train", data_dir=None, manual_dir=None) -> float:
