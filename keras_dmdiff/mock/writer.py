@@ -226,8 +226,7 @@ def write_cmd_files(
         "seed": int(seed),
         "slab_thickness": None if slab_thickness is None else float(slab_thickness),
         "slabs_per_axis": None if slabs_per_axis is None else int(slabs_per_axis),
-        # A recalibrated suite must not reuse maps painted with old constants.
-        "suite_constants": _suite_constants(suite),
+        "suite_constants": _suite_constants(suite),  # recalibrated constants: new maps
     }
     names = cmd_file_names(suite, set_name, field_names)
     manifest_path = out_dir / f".mock_{suite}_{set_name}.json"
@@ -236,67 +235,22 @@ def write_cmd_files(
     if _manifest_matches(manifest_path, manifest) and all(path.exists() for path in finished.values()):
         return finished
     shard_paths = [work / f"sim_{i:05d}.npz" for i in range(num_sims)]
-    jobs = []
-    for i, path in enumerate(shard_paths):
-        cfg = dict(config, index=i)
-        if not _shard_ok(path, cfg):
-            jobs.append(
-                {"index": i, "path": str(path), "params": params[i].tolist(), "table_seed": int(table_seeds[i]), "config": cfg}
-            )
+    jobs = [
+        {"index": i, "path": str(path), "params": params[i].tolist(), "table_seed": int(table_seeds[i]),
+         "config": dict(config, index=i)}
+        for i, path in enumerate(shard_paths)
+        if not _shard_ok(path, dict(config, index=i))
+    ]
     bar = _Progress(num_sims, num_sims - len(jobs), progress, f"mock {suite} {set_name}")
     try:
-        if workers == 1 or len(jobs) <= 1:
-            for job in jobs:
-                _simulate_to_shard(job)
-                bar.update()
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            # Workers need numpy only: spare each the Keras/TensorFlow import of
-            # `keras_dmdiff/__init__` (the variable is inherited at spawn).
-            previous = os.environ.get(LIGHT_IMPORT_VARIABLE)
-            os.environ[LIGHT_IMPORT_VARIABLE] = "1"
-            try:
-                with concurrent.futures.ProcessPoolExecutor(
-                    max_workers=min(workers, len(jobs)), mp_context=ctx
-                ) as pool:
-                    futures = [pool.submit(_simulate_to_shard, job) for job in jobs]
-                    for fut in concurrent.futures.as_completed(futures):
-                        fut.result()
-                        bar.update()
-            finally:
-                if previous is None:
-                    os.environ.pop(LIGHT_IMPORT_VARIABLE, None)
-                else:
-                    os.environ[LIGHT_IMPORT_VARIABLE] = previous
+        _run_jobs(jobs, workers, bar)
     finally:
         bar.close()
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)
-    paths = {}
-    arrays = {}
-    for field in field_names:
-        final = out_dir / names[field]
-        tmp = out_dir / (names[field] + ".tmp.npy")
-        arrays[field] = (
-            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_sims * maps_per_sim, map_size, map_size)),
-            tmp,
-            final,
-        )
-    for i, path in enumerate(shard_paths):
-        with np.load(path) as f:
-            for field in field_names:
-                arrays[field][0][i * maps_per_sim : (i + 1) * maps_per_sim] = f[field]
-    for field, (mm, tmp, final) in arrays.items():
-        mm.flush()
-        del mm
-        os.replace(tmp, final)
-        paths[field] = final
-    params_path = out_dir / names["params"]
-    tmp = out_dir / (names["params"] + ".tmp")
-    np.savetxt(tmp, params, fmt="%.6g")
-    os.replace(tmp, params_path)
-    paths["params"] = params_path
+    paths = _assemble(shard_paths, out_dir, names, field_names, maps_per_sim, map_size)
+    paths["params"] = out_dir / names["params"]
+    with atomic_files.replacing(paths["params"]) as temporary:
+        np.savetxt(temporary, params, fmt="%.6g")
     atomic_files.write_json(manifest_path, manifest)
     if not keep_work:
         for path in shard_paths:
@@ -306,4 +260,49 @@ def write_cmd_files(
                 d.rmdir()
             except OSError:
                 pass
+    return paths
+
+
+def _run_jobs(jobs, workers, bar):
+    """Simulates every job to its shard, here or in `workers` spawned processes."""
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            _simulate_to_shard(job)
+            bar.update()
+        return
+    ctx = multiprocessing.get_context("spawn")
+    # Workers need numpy only: spare each the Keras/TensorFlow import of
+    # `keras_dmdiff/__init__` (the variable is inherited at spawn).
+    previous = os.environ.get(LIGHT_IMPORT_VARIABLE)
+    os.environ[LIGHT_IMPORT_VARIABLE] = "1"
+    try:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+            futures = [pool.submit(_simulate_to_shard, job) for job in jobs]
+            for fut in concurrent.futures.as_completed(futures):
+                fut.result()
+                bar.update()
+    finally:
+        if previous is None:
+            os.environ.pop(LIGHT_IMPORT_VARIABLE, None)
+        else:
+            os.environ[LIGHT_IMPORT_VARIABLE] = previous
+
+
+def _assemble(shard_paths, out_dir, names, field_names, maps_per_sim, map_size):
+    """Writes each field's .npy from the shards through a memory map, renamed into place when whole."""
+    arrays = {}
+    for field in field_names:
+        tmp = out_dir / (names[field] + ".tmp.npy")
+        shape = (len(shard_paths) * maps_per_sim, map_size, map_size)
+        arrays[field] = (np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape), tmp)
+    for i, path in enumerate(shard_paths):
+        with np.load(path) as f:
+            for field in field_names:
+                arrays[field][0][i * maps_per_sim : (i + 1) * maps_per_sim] = f[field]
+    paths = {}
+    for field, (mm, tmp) in arrays.items():
+        mm.flush()
+        del mm
+        paths[field] = out_dir / names[field]
+        os.replace(tmp, paths[field])
     return paths
