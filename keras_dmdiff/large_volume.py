@@ -13,7 +13,7 @@ memory are measured separately; the posterior statistics of both are compared
 with the truth (P(k) ratio, r(k) of the posterior mean, one-point PDF).
 """
 
-import argparse
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -23,54 +23,67 @@ import time
 import numpy as np
 
 from keras_dmdiff import atomic_files
+from keras_dmdiff.posterior import SamplingOptions
 
 
-def _sample_in_this_process(args):
+@dataclasses.dataclass(frozen=True)
+class LargeVolumeSettings:
+    """Which large map is reconstructed, and how.
+
+    Args:
+        suite, set_name: which CMD files of the data folder.
+        map_index: which map of the files.
+        box_size: side of the large box in Mpc/h (for k in h/Mpc).
+        num_samples, num_steps, seed: posterior samples of the map, sampler
+            steps, seed (the same for both runs).
+        options: the `SamplingOptions` of the tiled run (its `tile_size`,
+            `tile_margin`, `tile_batch` are the tiling); the whole-map run uses
+            the same options without tiles.
+
+    Example:
+        >>> settings = LargeVolumeSettings(options=SamplingOptions(tile_size=128, batch_size=1))
+        >>> settings.runs()["whole"].tile_size is None, settings.runs()["tiled"].tile_size
+        (True, 128)
+    """
+
+    suite: str = "IllustrisTNG"
+    set_name: str = "CV"
+    map_index: int = 0
+    box_size: float = 100.0
+    num_samples: int = 2
+    num_steps: int = 50
+    seed: int = 0
+    options: SamplingOptions = dataclasses.field(default_factory=lambda: SamplingOptions(tile_size=256, batch_size=1))
+
+    def __post_init__(self):
+        if self.options.tile_size is None:
+            raise ValueError("The tiled run needs `options.tile_size` (e.g. 256).")
+
+    def runs(self):
+        """The options of the "whole" and the "tiled" run."""
+        return {"whole": self.options.replace(tile_size=None), "tiled": self.options}
+
+
+def _sample_in_this_process(job):
     from keras_dmdiff.posterior import load_keras_posterior
     from keras_dmdiff.speed import peak_rss_gib
 
-    model = load_keras_posterior(args.model)
-    stellar = np.load(args.stellar)
-    tiling = {}
-    if args.tile_size:
-        tiling = dict(tile_size=args.tile_size, tile_margin=args.tile_margin, tile_batch=args.tile_batch)
+    model = load_keras_posterior(job["model"])
+    stellar = np.load(job["stellar"])
     start = time.time()
-    samples = model.sample(
-        stellar,
-        num_samples=args.num_samples,
-        num_steps=args.num_steps,
-        seed=args.seed,
-        sampler=args.sampler,
-        batch_size=1,
-        **tiling,
-    )
+    samples = model.sample(stellar, job["num_samples"], job["num_steps"], job["seed"],
+                           SamplingOptions.from_dict(job["options"]))
     seconds = time.time() - start
-    np.save(args.out, samples[0])
+    np.save(job["out"], samples[0])
     print(json.dumps({"seconds": seconds, "peak_rss_gib": peak_rss_gib()}))
 
 
-def _measure(model, stellar_path, out_path, settings, tile=None):
-    command = [
-        sys.executable,
-        "-m",
-        "keras_dmdiff.large_volume",
-        "--model",
-        str(model),
-        "--stellar",
-        str(stellar_path),
-        "--out",
-        str(out_path),
-        "--num-samples",
-        str(settings["num_samples"]),
-        "--num-steps",
-        str(settings["num_steps"]),
-        "--sampler",
-        settings["sampler"],
-        "--seed",
-        str(settings["seed"]),
-    ]
-    if tile:
-        command += ["--tile-size", str(tile[0]), "--tile-margin", str(tile[1]), "--tile-batch", str(tile[2])]
+def _measure(model, stellar_path, out_path, settings, options):
+    """Samples in a process of its own, so that its wall time and peak memory are its own."""
+    job = {"model": str(model), "stellar": str(stellar_path), "out": str(out_path),
+           "num_samples": settings.num_samples, "num_steps": settings.num_steps, "seed": settings.seed,
+           "options": options.to_dict()}
+    command = [sys.executable, "-m", "keras_dmdiff.large_volume", json.dumps(job)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"Sampling failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
@@ -102,58 +115,43 @@ def _statistics(samples, truth, box_size):
     }
 
 
-def run_large_volume(
-    model,
-    data_dir,
-    out_dir,
-    *,
-    suite="IllustrisTNG",
-    set_name="CV",
-    map_index=0,
-    box_size=100.0,
-    num_samples=2,
-    num_steps=50,
-    sampler="ancestral",
-    seed=0,
-    tile_size=256,
-    tile_margin=32,
-    tile_batch=1,
-):
+def run_large_volume(model, data_dir, out_dir, settings=None):
     """Reconstructs one large mock map whole and tiled, and compares both to the truth.
 
     Args:
         model: .keras file of a model trained on small boxes.
         data_dir: folder with the large box's CMD files (from `dmdiff mock --box-size ...`).
         out_dir: output folder: metrics.json, samples_whole.npy, samples_tiled.npy, figure.
-        suite, set_name: which CMD files in `data_dir`.
-        map_index: which map of the files.
-        box_size: side of the large box in Mpc/h (for k in h/Mpc).
-        num_samples, num_steps, sampler, seed: sampling settings.
-        tile_size, tile_margin, tile_batch: tiling of the tiled run.
+        settings: a `LargeVolumeSettings` (None: the defaults).
 
     Returns:
         The metrics dict (also written to out_dir/metrics.json).
+
+    Example:
+        >>> run_large_volume("model.keras", "data/IllustrisTNG_CV_100Mpc", "large_volume",  # doctest: +SKIP
+        ...                  LargeVolumeSettings(num_samples=2, num_steps=50))
     """
+    c = LargeVolumeSettings() if settings is None else settings
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir = pathlib.Path(data_dir)
-    stellar = np.load(data_dir / f"Maps_Mstar_{suite}_{set_name}_z=0.00.npy", mmap_mode="r")[map_index]
-    truth = np.array(np.load(data_dir / f"Maps_Mcdm_{suite}_{set_name}_z=0.00.npy", mmap_mode="r")[map_index])
+    stellar = np.load(data_dir / f"Maps_Mstar_{c.suite}_{c.set_name}_z=0.00.npy", mmap_mode="r")[c.map_index]
+    truth = np.array(np.load(data_dir / f"Maps_Mcdm_{c.suite}_{c.set_name}_z=0.00.npy", mmap_mode="r")[c.map_index])
     stellar_path = out_dir / "stellar_mass.npy"
     with atomic_files.replacing(stellar_path) as temporary:
         np.save(temporary, np.asarray(stellar, np.float32))
-    settings = dict(num_samples=num_samples, num_steps=num_steps, sampler=sampler, seed=seed)
     metrics = {
         "map_size": int(truth.shape[0]),
-        "box_size": float(box_size),
-        "settings": settings,
-        "tiling": {"tile_size": tile_size, "tile_margin": tile_margin, "tile_batch": tile_batch},
+        "box_size": float(c.box_size),
+        "settings": dict(num_samples=c.num_samples, num_steps=c.num_steps, sampler=c.options.sampler, seed=c.seed),
+        "tiling": {"tile_size": c.options.tile_size, "tile_margin": c.options.tile_margin,
+                   "tile_batch": c.options.tile_batch},
     }
-    for mode, tile in (("whole", None), ("tiled", (tile_size, tile_margin, tile_batch))):
+    for mode, options in c.runs().items():
         path = out_dir / f"samples_{mode}.npy"
-        cost = _measure(model, stellar_path, path, settings, tile)
+        cost = _measure(model, stellar_path, path, c, options)
         samples = np.load(path)
-        metrics[mode] = {**cost, **_statistics(samples, truth, box_size)}
+        metrics[mode] = {**cost, **_statistics(samples, truth, c.box_size)}
     atomic_files.write_json(out_dir / "metrics.json", metrics)
     _plot(stellar, truth, out_dir, metrics)
     return metrics
@@ -202,18 +200,9 @@ def _plot(stellar, truth, out_dir, metrics):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Internal: sample one large map in this process.")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--stellar", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--num-samples", type=int, default=2)
-    parser.add_argument("--num-steps", type=int, default=50)
-    parser.add_argument("--sampler", default="ancestral")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tile-size", type=int, default=0)
-    parser.add_argument("--tile-margin", type=int, default=32)
-    parser.add_argument("--tile-batch", type=int, default=1)
-    _sample_in_this_process(parser.parse_args(argv))
+    """Internal: samples one large map in this process; argv is [JSON of the job]."""
+    (job,) = sys.argv[1:] if argv is None else argv
+    _sample_in_this_process(json.loads(job))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,8 @@ def _step_keys(kind):
         return {"kind", "out", "verbose"} | {field.name for field in dataclasses.fields(DistillConfig)}
     if kind == "evaluate":
         return {"kind"} | set(_EVALUATE_PATHS) | _evaluation_keys() | _evaluation_data_keys()
+    if kind == "large_volume":
+        return _large_volume_keys()
     if kind == "cross_suite":
         return ({"kind", "models", "data", "out", "set_name"} | _evaluation_keys()
                 | _evaluation_data_keys() - {"dataset", "manual_dir"})
@@ -203,13 +205,22 @@ def _step_export(step, run_dir):
 
 
 def _step_large_volume(step, run_dir):
-    from keras_dmdiff.large_volume import run_large_volume
+    from keras_dmdiff.large_volume import LargeVolumeSettings, run_large_volume
 
     out = pathlib.Path(_resolve(run_dir, step.get("out", "large_volume")))
     if (out / "metrics.json").exists():
         return
-    settings = {k: v for k, v in step.items() if k not in ("kind", "model", "data", "out")}
-    run_large_volume(_resolve(run_dir, step["model"]), _resolve(run_dir, step["data"]), out, **settings)
+    own = _large_volume_keys() - _SAMPLING_KEYS - {"kind", "model", "data", "out"}
+    options = LargeVolumeSettings().options.replace(**{key: step[key] for key in _SAMPLING_KEYS if key in step})
+    settings = LargeVolumeSettings(**{key: step[key] for key in own if key in step}, options=options)
+    run_large_volume(_resolve(run_dir, step["model"]), _resolve(run_dir, step["data"]), out, settings)
+
+
+def _large_volume_keys():
+    from keras_dmdiff.large_volume import LargeVolumeSettings
+
+    own = {field.name for field in dataclasses.fields(LargeVolumeSettings)} - {"options"}
+    return {"kind", "model", "data", "out"} | own | _SAMPLING_KEYS
 
 
 def _step_cross_suite(step, run_dir):

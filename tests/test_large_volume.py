@@ -3,9 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from keras_dmdiff.large_volume import run_large_volume
+from keras_dmdiff import large_volume
+from keras_dmdiff.large_volume import LargeVolumeSettings, run_large_volume
 from keras_dmdiff.mock import write_cmd_files
 from keras_dmdiff.models import VariationalDiffusion, network_from_preset
+from keras_dmdiff.posterior import SamplingOptions
 
 
 @pytest.mark.backend_independent  # spawns its own processes, on the default backend
@@ -16,10 +18,9 @@ def test_large_box_reconstructed_whole_and_tiled(tmp_path):
     model = VariationalDiffusion(network=network_from_preset("tiny"), seed=0)
     model.build()
     model.save(tmp_path / "tiny.keras")
-    metrics = run_large_volume(
-        tmp_path / "tiny.keras", data, tmp_path / "out", box_size=25.0, num_samples=2, num_steps=3,
-        tile_size=32, tile_margin=16,
-    )
+    settings = LargeVolumeSettings(box_size=25.0, num_samples=2, num_steps=3,
+                                   options=SamplingOptions(tile_size=32, tile_margin=16, batch_size=1))
+    metrics = run_large_volume(tmp_path / "tiny.keras", data, tmp_path / "out", settings)
     for mode in ("whole", "tiled"):
         assert metrics[mode]["seconds"] > 0 and metrics[mode]["peak_rss_gib"] > 0.1
         assert len(metrics[mode]["k"]) == len(metrics[mode]["power_ratio_mean"])
@@ -28,3 +29,13 @@ def test_large_box_reconstructed_whole_and_tiled(tmp_path):
         assert samples.shape == (2, 128, 128) and np.all(samples > 0)
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["map_size"] == 128
     assert (tmp_path / "out" / "large_volume.png").stat().st_size > 20_000
+    assert metrics["tiling"] == {"tile_size": 32, "tile_margin": 16, "tile_batch": 1}
+
+
+@pytest.mark.backend_independent
+def test_large_volume_settings_need_a_tile_size():
+    import doctest
+
+    assert doctest.testmod(large_volume).failed == 0
+    with pytest.raises(ValueError, match="tile_size"):
+        LargeVolumeSettings(options=SamplingOptions())
