@@ -107,56 +107,63 @@ def reconstruct(
         >>> sorted(paths)  # doctest: +SKIP
         ['figure', 'samples']
     """
-    import h5py
-
-    if example:
-        stellar = example_stellar_mass()
-        source = "example"
-    elif isinstance(maps, (str, pathlib.Path)):
-        stellar = read_maps(maps, h5_dataset)
-        source = str(maps)
-    elif maps is not None:
-        stellar, source = maps, "array"
-    else:
-        raise ValueError("Give stellar-mass maps (a path or an array) or example=True.")
-    stellar = validate_maps(stellar, "stellar_mass")
-    if model is None or isinstance(model, (str, pathlib.Path)):
-        path = shipped_model_path() if model is None else pathlib.Path(model)
-        posterior = load_posterior(path)
-        description = {"model": str(path), "format": "SavedModel" if path.is_dir() else "keras"}
-    else:
-        posterior, description = model, {"model": type(model).__name__}
+    stellar, source = _input_maps(maps, example, h5_dataset)
+    posterior, description = _open_posterior(model)
     options = posterior.resolve_options(SamplingOptions() if options is None else options)
     description.update(options.non_default())
     description["random_shifts"] = options.random_shifts
     samples = np.asarray(posterior.sample(stellar, num_samples, num_steps, seed, options, verbose=verbose))
     if samples.shape != (stellar.shape[0], num_samples) + stellar.shape[1:]:
         raise RuntimeError(f"The model returned samples of shape {samples.shape}; expected [B, S, H, W].")
+    attrs = {
+        "units": "(Msun/h)/(Mpc/h)^2",
+        "source": source,
+        "num_samples": num_samples,
+        "num_steps": num_steps,
+        "sampler": options.sampler,
+        "seed": seed,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "model": json.dumps(description),
+    }
+    outputs = {"samples": _write_samples(pathlib.Path(out), stellar, samples, attrs)}
+    if png:
+        outputs["figure"] = plot_reconstruction(stellar[0], samples[0], png)
+    return outputs
 
-    out = pathlib.Path(out)
+
+def _input_maps(maps, example, h5_dataset):
+    """`(stellar_mass [B, H, W], where it came from)`, validated."""
+    if example:
+        stellar, source = example_stellar_mass(), "example"
+    elif isinstance(maps, (str, pathlib.Path)):
+        stellar, source = read_maps(maps, h5_dataset), str(maps)
+    elif maps is not None:
+        stellar, source = maps, "array"
+    else:
+        raise ValueError("Give stellar-mass maps (a path or an array) or example=True.")
+    return validate_maps(stellar, "stellar_mass"), source
+
+
+def _open_posterior(model):
+    """`(PosteriorSampler, description)` of a path, a sampler, or None (the shipped model)."""
+    if model is None or isinstance(model, (str, pathlib.Path)):
+        path = shipped_model_path() if model is None else pathlib.Path(model)
+        return load_posterior(path), {"model": str(path), "format": "SavedModel" if path.is_dir() else "keras"}
+    return model, {"model": type(model).__name__}
+
+
+def _write_samples(out, stellar, samples, attrs):
+    """The samples, their mean and spread (dex) in one HDF5 file, written whole."""
+    import h5py
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    log_samples = np.log10(samples)
     with atomic_files.replacing(out) as temporary, h5py.File(temporary, "w") as handle:
         handle.create_dataset("stellar_mass", data=stellar, compression="gzip")
         handle.create_dataset("samples", data=samples, compression="gzip", chunks=True)
         handle.create_dataset("posterior_mean", data=samples.mean(axis=1), compression="gzip")
-        handle.create_dataset("posterior_std_dex", data=log_samples.std(axis=1), compression="gzip")
-        handle.attrs.update(
-            {
-                "units": "(Msun/h)/(Mpc/h)^2",
-                "source": source,
-                "num_samples": num_samples,
-                "num_steps": num_steps,
-                "sampler": options.sampler,
-                "seed": seed,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                "model": json.dumps(description),
-            }
-        )
-    outputs = {"samples": out}
-    if png:
-        outputs["figure"] = plot_reconstruction(stellar[0], samples[0], png)
-    return outputs
+        handle.create_dataset("posterior_std_dex", data=np.log10(samples).std(axis=1), compression="gzip")
+        handle.attrs.update(attrs)
+    return out
 
 
 def plot_reconstruction(stellar, samples, path):
