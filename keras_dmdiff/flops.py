@@ -55,8 +55,6 @@ def matmul_peak(size=2048, repeats=5):
     return {"gflops": 2.0 * size**3 / seconds / 1e9, "seconds": seconds, "size": int(size), "repeats": int(repeats)}
 
 
-
-
 def count_flops(layer, inputs, **call_kwargs):
     """Counts the multiply-add FLOPs of one call of a Keras layer, from shapes only.
 
@@ -102,19 +100,6 @@ def count_flops(layer, inputs, **call_kwargs):
     def add(kind, flops):
         by_type[kind] = by_type.get(kind, 0) + int(flops)
 
-    def leaf_flops(sub, x, out):
-        if isinstance(sub, keras.layers.Conv2DTranspose):
-            kh, kw, c_out, c_in = sub.kernel.shape
-            return 2 * math.prod(x.shape[:-1]) * kh * kw * c_in * c_out
-        if isinstance(sub, CircularConv2D):
-            kh, kw, c_in, c_out = sub.conv.kernel.shape
-            return 2 * math.prod(out.shape[:-1]) * kh * kw * c_in * c_out
-        if isinstance(sub, keras.layers.Conv2D):
-            kh, kw, c_in, c_out = sub.kernel.shape
-            return 2 * math.prod(out.shape[:-1]) * kh * kw * c_in * c_out
-        c_in, c_out = sub.kernel.shape
-        return 2 * math.prod(x.shape[:-1]) * c_in * c_out
-
     def wrap(sub):
         original = sub.call
 
@@ -137,7 +122,7 @@ def count_flops(layer, inputs, **call_kwargs):
                 finally:
                     active[0] -= 1
                 if not active[0]:
-                    add(type(sub).__name__, leaf_flops(sub, x, out))
+                    add(type(sub).__name__, _leaf_flops(sub, x, out))
                 return out
 
         sub.call = call
@@ -158,6 +143,25 @@ def count_flops(layer, inputs, **call_kwargs):
         for sub in patched:
             del sub.call  # back to the class's method
     return {"total": int(sum(by_type.values())), "by_type": by_type}
+
+
+def _leaf_flops(sub, x, out):
+    """FLOPs of one convolution or dense layer, from its input and output shapes."""
+    import keras
+
+    from keras_dmdiff.models.layers import CircularConv2D
+
+    if isinstance(sub, keras.layers.Conv2DTranspose):
+        kh, kw, c_out, c_in = sub.kernel.shape
+        return 2 * math.prod(x.shape[:-1]) * kh * kw * c_in * c_out
+    if isinstance(sub, CircularConv2D):
+        kh, kw, c_in, c_out = sub.conv.kernel.shape
+        return 2 * math.prod(out.shape[:-1]) * kh * kw * c_in * c_out
+    if isinstance(sub, keras.layers.Conv2D):
+        kh, kw, c_in, c_out = sub.kernel.shape
+        return 2 * math.prod(out.shape[:-1]) * kh * kw * c_in * c_out
+    c_in, c_out = sub.kernel.shape
+    return 2 * math.prod(x.shape[:-1]) * c_in * c_out
 
 
 def network_flops(network, height, width=None, batch_size=1):
