@@ -245,16 +245,12 @@ def _speed_worker(config, sizes):
 
 
 def _large_map_worker(config, sizes):
-    return measure_large_map(
-        preset=config.preset,
-        size=config.large_map_size,
-        tile_size=config.large_map_tile,
-        tile_margin=config.large_map_margin,
-        tile_batch=1,
-        num_steps=config.large_map_steps,
-        sampler=config.sampler,
-        network_overrides=config.network_overrides,
-    )
+    from keras_dmdiff.posterior import SamplingOptions
+
+    options = SamplingOptions(sampler=config.sampler, tile_size=config.large_map_tile,
+                              tile_margin=config.large_map_margin, tile_batch=1, batch_size=1)
+    return measure_large_map(preset=config.preset, size=config.large_map_size, num_steps=config.large_map_steps,
+                             options=options, network_overrides=config.network_overrides)
 
 
 def _quality_worker(config, sizes):

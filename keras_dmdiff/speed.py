@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from keras_dmdiff.flops import TRAIN_FLOPS_PER_FORWARD, median_time, network_flops
+from keras_dmdiff.posterior import SamplingOptions
 
 
 def peak_rss_gib():
@@ -194,17 +195,7 @@ def measure_speed(
     }
 
 
-def measure_large_map(
-    preset="paper",
-    size=2048,
-    tile_size=256,
-    tile_margin=32,
-    tile_batch=1,
-    num_steps=1,
-    sampler="ddim",
-    model_path=None,
-    network_overrides=None,
-):
+def measure_large_map(preset="paper", size=2048, num_steps=1, options=None, model_path=None, network_overrides=None):
     """Samples one size x size map through overlapping tiles, in this process; time and peak memory.
 
     Memory, not speed, is the point: the peak resident memory of the process
@@ -216,9 +207,9 @@ def measure_large_map(
         preset: network preset, used when `model_path` is None (random weights:
             time and memory do not depend on them).
         size: H = W of the map.
-        tile_size, tile_margin, tile_batch: the tiling of `VariationalDiffusion.sample`.
         num_steps: sampler steps per call.
-        sampler: the sampler.
+        options: the `SamplingOptions` (sampler and tiling; None: DDIM on
+            256-pixel tiles with 32-pixel margins, one map per call).
         model_path: a `.keras` VariationalDiffusion to use instead of a preset.
         network_overrides: keyword overrides of the preset.
 
@@ -241,20 +232,13 @@ def measure_large_map(
     else:
         model = VariationalDiffusion(network=network_from_preset(preset, **(network_overrides or {})), seed=0)
         model.build()
+    if options is None:
+        options = SamplingOptions(sampler="ddim", tile_size=256, tile_margin=32, batch_size=1)
     stellar, _ = random_maps(1, size)
     rss_before = peak_rss_gib()
 
     def draw():
-        return model.sample(
-            stellar,
-            num_samples=1,
-            num_steps=num_steps,
-            sampler=sampler,
-            batch_size=1,
-            tile_size=tile_size,
-            tile_margin=tile_margin,
-            tile_batch=tile_batch,
-        )
+        return model.sample(stellar, 1, num_steps, 0, options)
 
     start = time.perf_counter()
     samples = draw()
@@ -268,10 +252,10 @@ def measure_large_map(
         "backend": keras.backend.backend(),
         "size": int(size),
         "parameters": int(model.network.count_params()),
-        "tile_size": int(tile_size),
-        "tile_margin": int(tile_margin),
-        "tile_batch": int(tile_batch),
-        "sampler": sampler,
+        "tile_size": options.tile_size,
+        "tile_margin": int(options.tile_margin),
+        "tile_batch": int(options.tile_batch),
+        "sampler": options.sampler,
         "num_steps": int(num_steps),
         "first_call_s": first_call_s,
         "s_per_step": call_s / num_steps,
