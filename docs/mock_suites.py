@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_dmdiff.mock import PUBLISHED_MOMENTS, SUITES, generate_simulation, load_params  # noqa: E402
+from keras_dmdiff.mock import PUBLISHED_MOMENTS, SUITES, MockSettings, generate_simulation, load_params  # noqa: E402
 from keras_dmdiff.stats import power_spectrum  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def main(out=pathlib.Path(__file__).parent / "mock_suites.png"):
         _, table, _ = load_params(suite, "CV")
         params = table[0]
         start = time.time()
-        stars, dm = generate_simulation(params, suite, grid_size=128, map_size=256, box_size=25.0, num_steps=10, seed=0)
+        stars, dm = generate_simulation(params, suite, MockSettings(), seed=0)
         seconds = time.time() - start
         x, y = np.log10(stars + 1.0), np.log10(dm)
         published = PUBLISHED_MOMENTS[suite]

@@ -19,11 +19,11 @@ LIGHT_IMPORT_VARIABLE = "KERAS_DMDIFF_LIGHT_IMPORT"
 import keras_dmdiff_datasets.camels_cmd  # noqa: E402
 
 
-def _write_mock_cmd_files(*args, **kwargs):
+def _write_mock_cmd_files(out_dir, suite, **fields):
     # Imported when a mock config is built, not with the package.
-    from keras_dmdiff.mock import write_cmd_files
+    from keras_dmdiff.mock import write_cmd_files_from_fields
 
-    return write_cmd_files(*args, **kwargs)
+    return write_cmd_files_from_fields(out_dir, suite, **fields)
 
 
 keras_dmdiff_datasets.camels_cmd.set_mock_writer(_write_mock_cmd_files)

@@ -34,30 +34,24 @@ def _add_mock(subparsers):
     parser.add_argument("--num-sims", type=int, default=None, help="first N rows of the table (default: all)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
-    parser.add_argument("--grid-size", type=int, default=128, help="particles per side")
-    parser.add_argument("--map-size", type=int, default=256, help="map pixels per side")
-    parser.add_argument("--box-size", type=float, default=25.0, help="box side in Mpc/h")
-    parser.add_argument("--steps", dest="num_steps", type=int, default=10, help="particle-mesh steps")
+    from keras_dmdiff.mock.generate import MockSettings
+
+    default = MockSettings()
+    parser.add_argument("--grid-size", type=int, default=default.grid_size, help="particles per side")
+    parser.add_argument("--map-size", type=int, default=default.map_size, help="map pixels per side")
+    parser.add_argument("--box-size", type=float, default=default.box_size, help="box side in Mpc/h")
+    parser.add_argument("--steps", dest="num_steps", type=int, default=default.num_steps, help="particle-mesh steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_run_mock)
 
 
 def _run_mock(args):
-    from keras_dmdiff.mock import write_cmd_files
+    from keras_dmdiff.mock import MockSettings, write_cmd_files
 
-    paths = write_cmd_files(
-        args.out,
-        args.suite,
-        args.set_name,
-        args.num_sims,
-        grid_size=args.grid_size,
-        map_size=args.map_size,
-        box_size=args.box_size,
-        num_steps=args.num_steps,
-        workers=args.workers,
-        seed=args.seed,
-        progress=True,
-    )
+    settings = MockSettings(grid_size=args.grid_size, map_size=args.map_size, box_size=args.box_size,
+                            num_steps=args.num_steps)
+    paths = write_cmd_files(args.out, args.suite, args.set_name, args.num_sims, settings, seed=args.seed,
+                            workers=args.workers, progress=True)
     for name, path in paths.items():
         print(f"{name}: {path}")
 

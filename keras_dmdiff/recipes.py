@@ -74,11 +74,11 @@ _STEP_KEYS = {
 
 def _step_keys(kind):
     if kind == "mock":
-        from keras_dmdiff.mock import write_cmd_files
+        from keras_dmdiff.mock import MockSettings, write_cmd_files
 
-        # write_cmd_files' own argument names and defaults; `out` is its out_dir.
-        arguments = set(inspect.signature(write_cmd_files).parameters) - {"out_dir", "progress"}
-        return {"kind", "out"} | arguments
+        # write_cmd_files' own argument names and MockSettings' fields; `out` is its out_dir.
+        arguments = set(inspect.signature(write_cmd_files).parameters) - {"out_dir", "progress", "settings"}
+        return {"kind", "out"} | arguments | {field.name for field in dataclasses.fields(MockSettings)}
     if kind == "train":
         from keras_dmdiff.training import TrainConfig
 
@@ -110,10 +110,10 @@ def _resolve(run_dir, value):
 
 
 def _step_mock(step, run_dir):
-    from keras_dmdiff.mock import write_cmd_files
+    from keras_dmdiff.mock import write_cmd_files_from_fields
 
     settings = {k: v for k, v in step.items() if k not in ("kind", "out")}
-    write_cmd_files(_resolve(run_dir, step["out"]), progress=True, **settings)
+    write_cmd_files_from_fields(_resolve(run_dir, step["out"]), progress=True, **settings)
 
 
 def _step_train(step, run_dir, time_limit_s=None):

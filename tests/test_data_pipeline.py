@@ -335,22 +335,26 @@ def _mock_writer():
 
 @backend_independent
 def test_mock_config_path_with_a_stand_in_writer(tmp_path, monkeypatch, no_network):
-    """The mock configs call `write_cmd_files` with the config's settings into the download
-    dir, then read the files with the real-file reader (the writer is replaced by a fast
-    stand-in that writes fake CMD files)."""
+    """The mock configs call `write_cmd_files_from_fields` with the config's settings into the
+    download dir, then read the files with the real-file reader (the writer is replaced by a
+    fast stand-in that writes fake CMD files, after checking that the real one would accept
+    every field)."""
+    import dataclasses
+    import inspect
+
     import keras_dmdiff.mock
 
     calls = []
+    accepted = set(inspect.signature(keras_dmdiff.mock.write_cmd_files).parameters) | {
+        field.name for field in dataclasses.fields(keras_dmdiff.mock.MockSettings)}
 
-    def stand_in(out_dir, suite, set_name="LH", num_sims=None, *, grid_size=128, map_size=256,
-                 box_size=25.0, num_steps=10, workers=1, seed=0, progress=True):
-        calls.append(dict(out_dir=pathlib.Path(out_dir), suite=suite, set_name=set_name,
-                          num_sims=num_sims, grid_size=grid_size, map_size=map_size,
-                          box_size=box_size, num_steps=num_steps, workers=workers, seed=seed))
-        return write_fake_cmd_files(out_dir, suite, set_name, num_simulations=num_sims,
+    def stand_in(out_dir, suite, **fields):
+        assert set(fields) <= accepted, set(fields) - accepted
+        calls.append(dict(out_dir=pathlib.Path(out_dir), suite=suite, **fields))
+        return write_fake_cmd_files(out_dir, suite, fields["set_name"], num_simulations=fields["num_sims"],
                                     maps_per_simulation=2)
 
-    monkeypatch.setattr(keras_dmdiff.mock, "write_cmd_files", stand_in, raising=False)
+    monkeypatch.setattr(keras_dmdiff.mock, "write_cmd_files_from_fields", stand_in)
     builder = tfds.builder("camels_cmd/mock_SIMBA_LH", data_dir=os.fspath(tmp_path))
     builder.download_and_prepare()  # no manual_dir needed
     (call,) = calls

@@ -5,7 +5,7 @@ import pytest
 
 from keras_dmdiff import large_volume
 from keras_dmdiff.large_volume import LargeVolumeSettings, run_large_volume
-from keras_dmdiff.mock import write_cmd_files
+from keras_dmdiff.mock import MockSettings, write_cmd_files
 from keras_dmdiff.models import VariationalDiffusion, network_from_preset
 from keras_dmdiff.posterior import SamplingOptions
 
@@ -14,7 +14,7 @@ from keras_dmdiff.posterior import SamplingOptions
 def test_large_box_reconstructed_whole_and_tiled(tmp_path):
     # A box 4x the side of 32-pixel "training" maps, at small size.
     data = tmp_path / "data"
-    write_cmd_files(data, "IllustrisTNG", "CV", 1, grid_size=32, map_size=128, num_steps=3, progress=False)
+    write_cmd_files(data, "IllustrisTNG", "CV", 1, MockSettings(grid_size=32, map_size=128, num_steps=3), progress=False)
     model = VariationalDiffusion(network=network_from_preset("tiny"), seed=0)
     model.build()
     model.save(tmp_path / "tiny.keras")

@@ -13,7 +13,7 @@ from keras_dmdiff_datasets.camels_cmd.camels_cmd_dataset_builder import expected
 pytestmark = pytest.mark.backend_independent
 
 FID = (0.3, 0.8, 1.0, 1.0, 1.0, 1.0)
-SMALL = dict(grid_size=32, map_size=64, num_steps=4)
+SMALL = generate.MockSettings(grid_size=32, map_size=64, num_steps=4)
 
 
 # ----------------------------------------------------------------- cosmology
@@ -107,7 +107,7 @@ def test_bad_grid_size():
     with pytest.raises(ValueError, match="even"):
         particle_mesh.run_simulation(0.3, 0.8, grid_size=33)
     with pytest.raises(ValueError, match="grid_size"):
-        generate.generate_simulation(FID, "IllustrisTNG", grid_size=31, map_size=32, num_steps=2)
+        generate.MockSettings(grid_size=31, map_size=32, num_steps=2)
 
 
 # ----------------------------------------------------------------- painting
@@ -116,7 +116,8 @@ def test_slab_layout_and_large_box():
     assert t == 5.0 and len(starts) == 5
     starts, t = painting.slab_layout(100.0)
     assert t == 5.0 and starts.tolist() == [0, 20, 40, 60, 80]
-    assert generate.large_box_config(200.0) == {"grid_size": 1024, "map_size": 2048, "box_size": 200.0}
+    big = generate.MockSettings.for_box(200.0)
+    assert (big.grid_size, big.map_size, big.box_size, big.num_steps) == (1024, 2048, 200.0, 10)
     with pytest.raises(ValueError):
         painting.slab_layout(25.0, 30.0)
 
@@ -133,12 +134,12 @@ def test_find_halos_periodic_merge():
 
 @pytest.fixture(scope="module")
 def small_sim():
-    nb = generate.run_nbody(FID, grid_size=32, num_steps=4, seed=11)
+    nb = generate.run_nbody(FID, SMALL, seed=11)
     return nb
 
 
 def test_maps_units_and_sparsity(small_sim):
-    ms, mc = generate.paint_simulation(small_sim, FID, "IllustrisTNG", map_size=64, grid_size=32, seed=11)
+    ms, mc = generate.paint_simulation(small_sim, FID, "IllustrisTNG", SMALL, seed=11)
     assert ms.shape == mc.shape == (15, 64, 64)
     assert ms.dtype == mc.dtype == np.float32
     assert np.all(mc > 0) and np.all(ms >= 0)
@@ -154,7 +155,7 @@ def test_maps_units_and_sparsity(small_sim):
 
 def test_stellar_mass_responds_to_parameters(small_sim):
     def total(params, suite):
-        ms, _ = generate.paint_simulation(small_sim, params, suite, map_size=64, grid_size=32, seed=11)
+        ms, _ = generate.paint_simulation(small_sim, params, suite, SMALL, seed=11)
         return ms.sum()
 
     for suite in suites.SUITES:
@@ -208,7 +209,7 @@ def test_writer_files_shapes_resume_and_determinism(tmp_path, monkeypatch):
 
     fail = {"on": True}
     monkeypatch.setattr(writer, "generate_simulation", counting)
-    kw = dict(SMALL, progress=False)
+    kw = dict(settings=SMALL, progress=False)
     with pytest.raises(KeyboardInterrupt):
         writer.write_cmd_files(tmp_path, "SIMBA", "LH", 3, **kw)
     shards = sorted((tmp_path / ".mock_work" / "SIMBA_LH").glob("sim_*.npz"))
@@ -262,7 +263,7 @@ def test_writer_files_shapes_resume_and_determinism(tmp_path, monkeypatch):
 
 
 def test_writer_bad_input(tmp_path):
-    kw = dict(SMALL, progress=False)
+    kw = dict(settings=SMALL, progress=False)
     with pytest.raises(ValueError, match="Unknown suite"):
         writer.write_cmd_files(tmp_path, "EAGLE", "LH", 1, **kw)
     with pytest.raises(ValueError, match="Unknown set"):
@@ -272,18 +273,19 @@ def test_writer_bad_input(tmp_path):
     with pytest.raises(ValueError, match="num_sims"):
         writer.write_cmd_files(tmp_path, "Astrid", "CV", 0, **kw)
     with pytest.raises(ValueError, match="grid_size"):
-        writer.write_cmd_files(tmp_path, "Astrid", "CV", 1, grid_size=33, map_size=64, progress=False)
+        writer.write_cmd_files_from_fields(tmp_path, "Astrid", set_name="CV", num_sims=1, grid_size=33, map_size=64,
+                                           progress=False)
     with pytest.raises(ValueError, match="field_names"):
         writer.write_cmd_files(tmp_path, "Astrid", "CV", 1, field_names=("Mgas",), **kw)
     with pytest.raises(ValueError, match="workers"):
         writer.write_cmd_files(tmp_path, "Astrid", "CV", 1, workers=0, **kw)
     with pytest.raises(ValueError, match="params"):
-        generate.generate_simulation((0.3, 0.8), "Astrid", **SMALL)
+        generate.generate_simulation((0.3, 0.8), "Astrid", SMALL)
 
 
 def test_writer_parallel_spawn(tmp_path):
     # Two processes, tiny sizes: the "spawn" path and its shards.
-    kw = dict(grid_size=16, map_size=32, num_steps=2, progress=False)
+    kw = dict(settings=generate.MockSettings(grid_size=16, map_size=32, num_steps=2), progress=False)
     par = writer.write_cmd_files(tmp_path / "p", "Astrid", "1P", 2, workers=2, **kw)
     seq = writer.write_cmd_files(tmp_path / "s", "Astrid", "1P", 2, workers=1, **kw)
     np.testing.assert_array_equal(np.load(par["Mstar"]), np.load(seq["Mstar"]))

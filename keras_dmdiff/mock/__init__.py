@@ -9,21 +9,22 @@ real CMD maps (PM force resolution of one mesh cell).
 Public API:
     write_cmd_files: write the exact CMD files (parallel, resumable).
     generate_simulation: one simulation -> (Mstar, Mcdm) maps [15, H, W].
-    large_box_config: sizes for a large box at CMD resolution.
+    MockSettings: the resolution of a simulation and its maps (`for_box`: a large box at CMD's).
     load_params: the real CAMELS parameter tables (LH, CV, 1P).
     SUITES, PUBLISHED_MOMENTS: the mock suites and their calibration targets.
 """
 
-from keras_dmdiff.mock.generate import generate_simulation, large_box_config, paint_simulation, run_nbody
+from keras_dmdiff.mock.generate import MockSettings, generate_simulation, paint_simulation, run_nbody
 from keras_dmdiff.mock.suites import PUBLISHED_MOMENTS, SETS, SUITES, get_suite, load_params
-from keras_dmdiff.mock.writer import cmd_file_names, simulation_seed, write_cmd_files
+from keras_dmdiff.mock.writer import cmd_file_names, simulation_seed, write_cmd_files, write_cmd_files_from_fields
 
 __all__ = [
     "write_cmd_files",
+    "write_cmd_files_from_fields",
     "generate_simulation",
     "run_nbody",
     "paint_simulation",
-    "large_box_config",
+    "MockSettings",
     "load_params",
     "get_suite",
     "cmd_file_names",

@@ -32,19 +32,20 @@ def _seed_for(seed, table_seed):
     return np.random.SeedSequence([int(seed), int(table_seed)])
 
 
-def nbody_cache(suite, num_sims=6, *, set_name="LH", grid_size=128, box_size=25.0, num_steps=10, seed=0, cache_dir=None):
+def nbody_cache(suite, num_sims=6, settings=None, *, set_name="LH", seed=0, cache_dir=None):
     """N-body runs for the first `num_sims` rows of a real CAMELS table.
 
     Args:
         suite, set_name: which table (see `suites.load_params`).
         num_sims: number of rows.
-        grid_size, box_size, num_steps, seed: as for `write_cmd_files`
-            (the per-simulation seed is derived the same way).
+        settings, seed: as for `write_cmd_files` (a `MockSettings`, None:
+            CMD's; the per-simulation seed is derived the same way).
         cache_dir: optional folder to keep the runs as .npz files.
 
     Returns:
         list of (params, seed_sequence, nbody dict).
     """
+    c = generate.MockSettings() if settings is None else settings
     _, params, table_seeds = suites.load_params(suite, set_name)
     runs = []
     for i in range(num_sims):
@@ -52,7 +53,7 @@ def nbody_cache(suite, num_sims=6, *, set_name="LH", grid_size=128, box_size=25.
         path = None
         if cache_dir:
             os.makedirs(cache_dir, exist_ok=True)
-            path = os.path.join(cache_dir, f"{suite}_{set_name}_{i:04d}_N{grid_size}_s{num_steps}_seed{seed}.npz")
+            path = os.path.join(cache_dir, f"{suite}_{set_name}_{i:04d}_N{c.grid_size}_s{c.num_steps}_seed{seed}.npz")
         if path and os.path.exists(path):
             with np.load(path) as f:
                 nb = {
@@ -62,7 +63,7 @@ def nbody_cache(suite, num_sims=6, *, set_name="LH", grid_size=128, box_size=25.
                     "halos": {"labels": f["labels"], "counts": f["counts"], "cell_count": f["cell_count"]},
                 }
         else:
-            nb = generate.run_nbody(params[i], grid_size=grid_size, box_size=box_size, num_steps=num_steps, seed=ss)
+            nb = generate.run_nbody(params[i], c, seed=ss)
             if path:
                 tmp = path + ".tmp.npz"
                 np.savez(
@@ -77,8 +78,14 @@ def nbody_cache(suite, num_sims=6, *, set_name="LH", grid_size=128, box_size=25.
     return runs
 
 
-def measure_moments(runs, suite, *, map_size=256, box_size=25.0, grid_size=128, overrides=None, fields=("Mstar", "Mcdm")):
+def measure_moments(runs, suite, settings=None, *, overrides=None):
     """Pixel moments of the mock maps of cached runs.
+
+    Args:
+        runs: output of `nbody_cache`.
+        suite: suite name.
+        settings: the `MockSettings` of the runs (None: CMD's).
+        overrides: `MockSuite` fields to replace while painting.
 
     Returns:
         dict with `log_mstar` (mean, std) of log10(1 + Mstar), `log_mcdm`
@@ -86,9 +93,7 @@ def measure_moments(runs, suite, *, map_size=256, box_size=25.0, grid_size=128, 
     """
     ls, lc = [], []
     for params, ss, nb in runs:
-        ms, mc = generate.paint_simulation(
-            nb, params, suite, map_size=map_size, box_size=box_size, grid_size=grid_size, seed=ss, suite_overrides=overrides
-        )
+        ms, mc = generate.paint_simulation(nb, params, suite, settings, seed=ss, suite_overrides=overrides)
         ls.append(np.log10(1.0 + ms.astype(np.float64)))
         lc.append(np.log10(mc.astype(np.float64)))
     ls, lc = np.concatenate(ls), np.concatenate(lc)
@@ -107,8 +112,7 @@ def calibrate_suite(
     dm_etas=None,
     log_norm_range=(-2.0, 2.0),
     iterations=7,
-    map_size=256,
-    grid_size=128,
+    settings=None,
     verbose=True,
 ):
     """Search the painting constants of a suite (procedure in the module docstring).
@@ -120,7 +124,7 @@ def calibrate_suite(
         dm_etas: optional grid of dark-matter kernel widths (None: keep).
         log_norm_range: bisection bracket in dex.
         iterations: bisection steps per star_eta.
-        map_size, grid_size: as used for the runs.
+        settings: the `MockSettings` of the runs (None: CMD's).
 
     Returns:
         dict with the chosen `overrides` and their `moments`.
@@ -130,7 +134,7 @@ def calibrate_suite(
     if dm_etas:
         best = None
         for eta in dm_etas:
-            m = measure_moments(runs, suite, map_size=map_size, grid_size=grid_size, overrides={"dm_eta": eta})
+            m = measure_moments(runs, suite, settings, overrides={"dm_eta": eta})
             err = abs(m["log_mcdm"][1] - target["log_mcdm"][1])
             if verbose:
                 print(f"[{suite}] dm_eta={eta}: log_mcdm={m['log_mcdm']}", flush=True)
@@ -143,7 +147,7 @@ def calibrate_suite(
         for _ in range(iterations):
             mid = 0.5 * (lo + hi)
             o = dict(overrides, star_eta=eta, log_norm=mid)
-            m = measure_moments(runs, suite, map_size=map_size, grid_size=grid_size, overrides=o)
+            m = measure_moments(runs, suite, settings, overrides=o)
             if m["log_mstar"][0] < target["log_mstar"][0]:
                 lo = mid
             else:

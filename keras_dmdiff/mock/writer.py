@@ -14,6 +14,7 @@ and renamed into place at the end.
 """
 
 import concurrent.futures
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -25,10 +26,10 @@ import numpy as np
 
 from keras_dmdiff import atomic_files
 from keras_dmdiff.mock import suites
-from keras_dmdiff.mock.generate import check_sizes, generate_simulation
+from keras_dmdiff.mock.generate import MockSettings, generate_simulation
 from keras_dmdiff import LIGHT_IMPORT_VARIABLE
 
-__all__ = ["write_cmd_files", "cmd_file_names", "simulation_seed"]
+__all__ = ["write_cmd_files", "write_cmd_files_from_fields", "cmd_file_names", "simulation_seed"]
 
 _SHARD_VERSION = 1
 _FIELDS = ("Mstar", "Mcdm")
@@ -61,7 +62,7 @@ def simulation_seed(seed, table_seed):
     return np.random.SeedSequence([int(seed), int(table_seed)])
 
 
-def _validate(suite, set_name, num_sims, grid_size, map_size, box_size, num_steps, workers, field_names):
+def _validate(suite, set_name, num_sims, workers, field_names):
     suites.get_suite(suite)
     if set_name not in suites.SETS:
         raise ValueError(f"Unknown set {set_name!r}; expected one of {list(suites.SETS)}")
@@ -71,7 +72,6 @@ def _validate(suite, set_name, num_sims, grid_size, map_size, box_size, num_step
         num_sims = total
     if int(num_sims) != num_sims or not 1 <= num_sims <= total:
         raise ValueError(f"num_sims must be an integer in [1, {total}] for {suite} {set_name}, got {num_sims!r}")
-    check_sizes(grid_size, map_size, box_size, num_steps)
     if int(workers) != workers or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     field_names = tuple(field_names)
@@ -107,16 +107,9 @@ def _simulate_to_shard(job):
     """Worker: one simulation -> one shard file (atomic). Returns (index, seconds)."""
     start = time.perf_counter()
     config = job["config"]
+    settings = MockSettings(**{field.name: config[field.name] for field in dataclasses.fields(MockSettings)})
     mstar, mcdm = generate_simulation(
-        np.asarray(job["params"]),
-        config["suite"],
-        grid_size=config["grid_size"],
-        map_size=config["map_size"],
-        box_size=config["box_size"],
-        num_steps=config["num_steps"],
-        seed=simulation_seed(config["seed"], job["table_seed"]),
-        slab_thickness=config["slab_thickness"],
-        slabs_per_axis=config["slabs_per_axis"],
+        np.asarray(job["params"]), config["suite"], settings, seed=simulation_seed(config["seed"], job["table_seed"])
     )
     path = job["path"]
     tmp = f"{path}.{os.getpid()}.tmp.npz"
@@ -158,17 +151,12 @@ def write_cmd_files(
     suite,
     set_name="LH",
     num_sims=None,
+    settings=None,
     *,
-    grid_size=128,
-    map_size=256,
-    box_size=25.0,
-    num_steps=10,
-    workers=1,
     seed=0,
+    workers=1,
     progress=True,
     field_names=("Mstar", "Mcdm"),
-    slab_thickness=5.0,
-    slabs_per_axis=None,
     keep_work=False,
 ):
     """Generate mock simulations and write them as CMD files.
@@ -179,17 +167,14 @@ def write_cmd_files(
         set_name: "LH", "CV" or "1P"; rows come from the real CAMELS table
             (see `suites.load_params` for the 1P mapping).
         num_sims: the first `num_sims` rows of the table (None: all).
-        grid_size: particles per side (even). 128 for 25 Mpc/h.
-        map_size: pixels per side (256 in CMD).
-        box_size: box side in Mpc/h. For a large box at CMD resolution use
-            `large_box_config(100.0)` (grid 512, maps 1024^2): still 15 maps
-            per simulation (5 slabs of 5 Mpc/h per axis, one every box/5).
-        num_steps: particle-mesh steps from a = 0.1 to 1.
-        workers: parallel processes ("spawn"); 1 runs in this process.
+        settings: a `MockSettings` (None: CMD's resolution). For a large box
+            at CMD resolution, `MockSettings.for_box(100.0)` (grid 512, maps
+            1024^2): still 15 maps per simulation (5 slabs of 5 Mpc/h per
+            axis, one every box/5).
         seed: global seed; simulation i uses `simulation_seed(seed, table_seed_i)`.
+        workers: parallel processes ("spawn"); 1 runs in this process.
         progress: show a progress bar (tqdm, or text if tqdm is missing).
         field_names: which map files to write, from ("Mstar", "Mcdm").
-        slab_thickness, slabs_per_axis: see `painting.slab_layout`.
         keep_work: keep the per-simulation shards after assembling.
 
     Returns:
@@ -200,17 +185,16 @@ def write_cmd_files(
             grid_size, unknown field names, workers < 1.
 
     Examples:
-        >>> paths = write_cmd_files("/tmp/cmd_mock", "IllustrisTNG", "CV", 1, grid_size=16,
-        ...                         map_size=32, num_steps=2, progress=False)  # doctest: +SKIP
+        >>> paths = write_cmd_files("/tmp/cmd_mock", "IllustrisTNG", "CV", 1,  # doctest: +SKIP
+        ...                         MockSettings(grid_size=16, map_size=32, num_steps=2), progress=False)
         >>> sorted(p.name for p in paths.values())  # doctest: +SKIP
         ['Maps_Mcdm_IllustrisTNG_CV_z=0.00.npy', 'Maps_Mstar_IllustrisTNG_CV_z=0.00.npy', 'params_CV_IllustrisTNG.txt']
     """
-    num_sims, params, table_seeds, field_names = _validate(
-        suite, set_name, num_sims, grid_size, map_size, box_size, num_steps, workers, field_names
-    )
+    c = MockSettings() if settings is None else settings
+    num_sims, params, table_seeds, field_names = _validate(suite, set_name, num_sims, workers, field_names)
     from keras_dmdiff.mock.painting import slab_layout
 
-    starts, _ = slab_layout(box_size, slab_thickness, slabs_per_axis)
+    starts, _ = slab_layout(c.box_size, c.slab_thickness, c.slabs_per_axis)
     maps_per_sim = 3 * len(starts)
     out_dir = pathlib.Path(out_dir)
     work = out_dir / ".mock_work" / f"{suite}_{set_name}"
@@ -219,13 +203,13 @@ def write_cmd_files(
         "version": _SHARD_VERSION,
         "suite": suite,
         "set_name": set_name,
-        "grid_size": int(grid_size),
-        "map_size": int(map_size),
-        "box_size": float(box_size),
-        "num_steps": int(num_steps),
+        "grid_size": int(c.grid_size),
+        "map_size": int(c.map_size),
+        "box_size": float(c.box_size),
+        "num_steps": int(c.num_steps),
         "seed": int(seed),
-        "slab_thickness": None if slab_thickness is None else float(slab_thickness),
-        "slabs_per_axis": None if slabs_per_axis is None else int(slabs_per_axis),
+        "slab_thickness": None if c.slab_thickness is None else float(c.slab_thickness),
+        "slabs_per_axis": None if c.slabs_per_axis is None else int(c.slabs_per_axis),
         "suite_constants": _suite_constants(suite),  # recalibrated constants: new maps
     }
     names = cmd_file_names(suite, set_name, field_names)
@@ -247,7 +231,7 @@ def write_cmd_files(
     finally:
         bar.close()
     manifest_path.unlink(missing_ok=True)
-    paths = _assemble(shard_paths, out_dir, names, field_names, maps_per_sim, map_size)
+    paths = _assemble(shard_paths, out_dir, names, field_names, maps_per_sim, c.map_size)
     paths["params"] = out_dir / names["params"]
     with atomic_files.replacing(paths["params"]) as temporary:
         np.savetxt(temporary, params, fmt="%.6g")
@@ -261,6 +245,19 @@ def write_cmd_files(
             except OSError:
                 pass
     return paths
+
+
+
+def write_cmd_files_from_fields(out_dir, suite, **fields):
+    """`write_cmd_files` with the `MockSettings` fields among its keywords (a recipe step, a TFDS build).
+
+    Example:
+        >>> write_cmd_files_from_fields("/tmp/cmd_mock", "IllustrisTNG", set_name="CV", num_sims=1,  # doctest: +SKIP
+        ...                             grid_size=16, map_size=32, num_steps=2, progress=False)
+    """
+    names = {field.name for field in dataclasses.fields(MockSettings)}
+    settings = MockSettings(**{key: value for key, value in fields.items() if key in names})
+    return write_cmd_files(out_dir, suite, settings=settings, **{k: v for k, v in fields.items() if k not in names})
 
 
 def _run_jobs(jobs, workers, bar):
