@@ -272,6 +272,10 @@ def test_residual_samples_are_the_plain_samples_plus_the_mean(tmp_path):
     path = tmp_path / "residual.keras"
     residual.save(path)
     loaded = keras.saving.load_model(path)
+    # Reloaded, the mean network is still frozen: the optimiser sees the diffusion's variables only.
+    expected = {id(v) for v in loaded.network.trainable_variables + loaded.schedule.trainable_variables}
+    assert {id(v) for v in loaded.trainable_variables} == expected
+    assert not any(v.trainable for v in loaded.mean_network.variables)
     np.testing.assert_array_equal(
         residual.sample(stars[:1], num_samples=1, num_steps=3, seed=1),
         loaded.sample(stars[:1], num_samples=1, num_steps=3, seed=1),

@@ -190,8 +190,13 @@ class VariationalDiffusion(keras.Model):
     def build(self, input_shape=None):
         self.network.build(None)
         self.schedule.build(())
-        if self.mean_network is not None and not self.mean_network.built:
-            self.mean_network.build()
+        if self.mean_network is not None:
+            if not self.mean_network.built:
+                self.mean_network.build()
+            # A network deserialised with trainable=False keeps the sublayers it builds trainable:
+            # its variables are frozen one by one, so no optimiser slot or EMA copy is made for them.
+            for variable in self.mean_network.variables:
+                variable.trainable = False
         self.built = True
 
     def call(self, stellar_mass, training=False):
