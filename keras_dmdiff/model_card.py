@@ -61,15 +61,91 @@ def _wall_time(train_dir, done):
     }
 
 
-def collect_card(run_dir, *, train="train", evaluation="evaluate", data_description="", limitations=()):
-    """Gathers the facts of a run into a JSON-serialisable dict."""
+def _teacher_training_time(teacher):
+    """Wall time that trained a teacher (its mean network included), in seconds; None if unknown.
+
+    A shipped teacher's metrics.json or a training run's history.csv beside the
+    `.keras` file say it; a student teacher (of a later round) has neither.
+    """
+    from keras_dmdiff.training import total_wall_time
+
+    folder = pathlib.Path(teacher).parent
+    if (folder / "metrics.json").exists():
+        training = json.loads((folder / "metrics.json").read_text()).get("training", {})
+        parts = [training.get("wall_time_s"), training.get("mean_network", {}).get("wall_time_s")]
+    elif (folder / "history.csv").exists():
+        parts = [total_wall_time(folder / "history.csv")[0]]
+        if (folder / "mean" / "history.csv").exists():
+            parts.append(total_wall_time(folder / "mean" / "history.csv")[0])
+    else:
+        return None
+    parts = [part for part in parts if part is not None]
+    return round(sum(parts), 1) if parts else None
+
+
+def _distillation_facts(distill_dir, config, student_steps):
+    """A distilled student's training: its teacher, rounds and cost against the teacher's training."""
+    done = json.loads((distill_dir / "done.json").read_text())
+    rounds = [steps for steps in done["rounds"] if steps >= student_steps]
+    if student_steps not in rounds:
+        raise ValueError(f"The distillation run {distill_dir} has no {student_steps}-step student; its rounds: "
+                         f"{done['rounds']}.")
+    seconds = sum(done["wall_time_s_per_round"][str(steps)] for steps in rounds)
+    history = _read_history(distill_dir / f"steps_{student_steps}" / "history.csv")
+    teacher_seconds = _teacher_training_time(config["teacher"])
+    return {
+        "method": "progressive distillation (Salimans & Ho 2022), DDIM steps halved each round",
+        "teacher": config["teacher"],
+        "student_steps": student_steps,
+        "rounds": rounds,
+        "steps_per_round": config["steps"],
+        "batch_size": config["batch_size"],
+        "learning_rate": config["learning_rate"],
+        "ema_momentum": config["ema_momentum"],
+        "final_loss": float(history[-1]["loss"]),
+        "final_val_loss": _float_or_none(history[-1].get("val_loss")),
+        "wall_time_s": round(seconds, 1),
+        "teacher_training_wall_time_s": teacher_seconds,
+        "wall_time_fraction_of_teacher_training": None if not teacher_seconds else round(seconds / teacher_seconds, 3),
+        "backend": done.get("backend"),
+        "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+    }
+
+
+def _training_facts(train_dir, config):
+    done = json.loads((train_dir / "done.json").read_text())
+    last = _read_history(train_dir / "history.csv")[-1]
+    return {
+        "preset": config["preset"],
+        "parameters": done.get("parameters"),
+        "steps": config["steps"],
+        "batch_size": config["batch_size"],
+        "learning_rate": config["learning_rate"],
+        "ema_momentum": config["ema_momentum"],
+        # The objective optimised, and the ELBO (bits per dimension) whatever it is.
+        "objective": f"{config.get('loss_weighting', 'elbo')} weighting, {config.get('prediction', 'eps')}-prediction",
+        "final_loss": float(last["loss"]),
+        "final_val_loss": _float_or_none(last.get("val_loss")),
+        "final_val_elbo_bpd": _float_or_none(last.get("val_elbo_bpd")),
+        **_wall_time(train_dir, done),
+        "backend": done.get("backend"),
+        "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        **_mean_network_facts(train_dir, config),
+    }
+
+
+def collect_card(run_dir, *, train="train", evaluation="evaluate", data_description="", limitations=(),
+                 student_steps=None):
+    """Gathers the facts of a run into a JSON-serialisable dict.
+
+    `train` is a training run's folder, or a distillation run's (its
+    config.json names a teacher): the card is then the `student_steps`-step
+    student's (default: the run's last), under "distillation".
+    """
     run_dir = pathlib.Path(run_dir)
     config = json.loads((run_dir / train / "config.json").read_text())
-    done = json.loads((run_dir / train / "done.json").read_text())
-    history = _read_history(run_dir / train / "history.csv")
     metrics = json.loads((run_dir / evaluation / "metrics.json").read_text())
-    last = history[-1]
-    return {
+    card = {
         "name": None,
         "keras_dmdiff_version": keras_dmdiff.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -79,30 +155,19 @@ def collect_card(run_dir, *, train="train", evaluation="evaluate", data_descript
             "split_rule": "by simulation, 80/10/10 % (train/validation/test), see camels_cmd",
             "crop_size": config["crop_size"],
         },
-        "training": {
-            "preset": config["preset"],
-            "parameters": done.get("parameters"),
-            "steps": config["steps"],
-            "batch_size": config["batch_size"],
-            "learning_rate": config["learning_rate"],
-            "ema_momentum": config["ema_momentum"],
-            # The objective optimised, and the ELBO (bits per dimension) whatever it is.
-            "objective": f"{config.get('loss_weighting', 'elbo')} weighting, {config.get('prediction', 'eps')}-prediction",
-            "final_loss": float(last["loss"]),
-            "final_val_loss": _float_or_none(last.get("val_loss")),
-            "final_val_elbo_bpd": _float_or_none(last.get("val_elbo_bpd")),
-            **_wall_time(run_dir / train, done),
-            "backend": done.get("backend"),
-            "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
-            **_mean_network_facts(run_dir / train, config),
-        },
-        "evaluation": {
-            "split": "test (held-out simulations)",
-            "settings": metrics.get("settings"),
-            "summary": metrics["summary"],
-        },
-        "limitations": list(limitations),
     }
+    if "teacher" in config:
+        steps = int(student_steps or config["student_steps"])
+        card["distillation"] = _distillation_facts(run_dir / train, config, steps)
+    else:
+        card["training"] = _training_facts(run_dir / train, config)
+    card["evaluation"] = {
+        "split": "test (held-out simulations)",
+        "settings": metrics.get("settings"),
+        "summary": metrics["summary"],
+    }
+    card["limitations"] = list(limitations)
+    return card
 
 
 def _format_value(value):
@@ -117,8 +182,9 @@ def render_card(card):
     """The model card as Markdown."""
     lines = [f"# {card['name']}", "", card["data"]["description"], "", "## Data", ""]
     lines += [f"- {key}: {_format_value(value)}" for key, value in card["data"].items() if key != "description"]
-    lines += ["", "## Training", ""]
-    lines += [f"- {key}: {_format_value(value)}" for key, value in card["training"].items()]
+    section = "distillation" if "distillation" in card else "training"
+    lines += ["", f"## {section.capitalize()}", ""]
+    lines += [f"- {key}: {_format_value(value)}" for key, value in card[section].items()]
     lines += ["", "## Held-out metrics", "", f"Evaluated on the {card['evaluation']['split']}.", ""]
     lines += [f"- settings: {_format_value(card['evaluation']['settings'])}"]
     lines += [f"- {key}: {_format_value(value)}" for key, value in card["evaluation"]["summary"].items()]
@@ -131,32 +197,57 @@ def render_card(card):
         "",
         "```python",
         "from keras_dmdiff.posterior import load_posterior",
-        f'model = load_posterior("saved_models/{card["name"]}/model.keras")  # or its saved_model folder',
-        "samples = model.sample(stellar_mass, num_samples=16, num_steps=100)  # physical maps [B, 16, H, W]",
+        f'model = load_posterior("saved_models/{card["name"]}/model.keras")'
+        + ("  # or its saved_model folder" if card.get("saved_model", True) else ""),
+        *_sample_lines(card),
         "```",
         "",
-        "or, with TensorFlow alone: `tf.saved_model.load(\"saved_model\").sample(stellar_mass, num_samples, num_steps, seed)`.",
-        "",
     ]
+    if card.get("saved_model", True):
+        lines += [
+            "or, with TensorFlow alone: "
+            "`tf.saved_model.load(\"saved_model\").sample(stellar_mass, num_samples, num_steps, seed)`.",
+            "",
+        ]
     return "\n".join(lines)
 
 
-def ship_model(run_dir, out_dir, name, *, train="train", evaluation="evaluate", saved_model="saved_model", **card_kwargs):
+def _sample_lines(card):
+    """The card's sampling example: a student samples with the DDIM steps it was distilled for."""
+    if "distillation" not in card:
+        return ["samples = model.sample(stellar_mass, num_samples=16, num_steps=100)  # physical maps [B, 16, H, W]"]
+    steps = card["distillation"]["student_steps"]
+    return [
+        "from keras_dmdiff.posterior import SamplingOptions",
+        f"samples = model.sample(stellar_mass, num_samples=16, num_steps={steps}, "
+        'options=SamplingOptions(sampler="ddim"))  # [B, 16, H, W]',
+    ]
+
+
+def ship_model(run_dir, out_dir, name, *, train="train", evaluation="evaluate", saved_model="saved_model",
+               student_steps=None, **card_kwargs):
     """Copies a finished run's model into `out_dir` with its metrics and model card.
 
     Args:
         run_dir: the recipe's run folder.
         out_dir: destination, e.g. saved_models/<name>.
         name: the model's name.
-        train, evaluation, saved_model: sub-folders of the run.
+        train, evaluation, saved_model: sub-folders of the run; `train` may
+            be a distillation run's folder; `saved_model` None ships none.
+        student_steps: for a distillation run, the student to ship (default:
+            the last).
         **card_kwargs: `data_description`, `limitations`.
 
     Returns:
         The destination folder.
     """
     run_dir, out_dir = pathlib.Path(run_dir), pathlib.Path(out_dir)
-    card = collect_card(run_dir, train=train, evaluation=evaluation, **card_kwargs)
+    card = collect_card(run_dir, train=train, evaluation=evaluation, student_steps=student_steps, **card_kwargs)
     card["name"] = name
+    if "distillation" in card:
+        model_path = run_dir / train / f"steps_{card['distillation']['student_steps']}" / "student.keras"
+    else:
+        model_path = run_dir / train / "model.keras"
     out_dir.mkdir(parents=True, exist_ok=True)
     # Re-saved uncompiled: the run's file also holds the optimizer state (Adam
     # moments and EMA slots, 3x the weights), which users of the model never need.
@@ -164,8 +255,9 @@ def ship_model(run_dir, out_dir, name, *, train="train", evaluation="evaluate", 
 
     # Every file is written under a temporary name and renamed, the card last.
     with atomic_files.replacing(out_dir / "model.keras") as temporary:
-        keras.saving.load_model(run_dir / train / "model.keras", compile=False).save(temporary)
-    if (run_dir / saved_model).exists():
+        keras.saving.load_model(model_path, compile=False).save(temporary)
+    card["saved_model"] = saved_model is not None and (run_dir / saved_model).exists()
+    if card["saved_model"]:
         with atomic_files.replacing(out_dir / "saved_model") as temporary:
             shutil.copytree(run_dir / saved_model, temporary)
     figures = sorted((run_dir / evaluation).glob("*.png"))

@@ -68,7 +68,7 @@ _SAMPLING_KEYS = {field.name for field in dataclasses.fields(SamplingOptions)}
 _DATA_DIR = "tfds"
 _STEP_KEYS = {
     "export": {"model", "out", "samplers", "random_shifts"},
-    "ship": {"out", "name", "description", "limitations"},
+    "ship": {"out", "name", "description", "limitations", "train", "evaluation", "saved_model", "student_steps"},
 }
 
 
@@ -243,6 +243,11 @@ def _step_ship(step, run_dir):
         run_dir,
         _resolve(run_dir, step["out"]),
         step["name"],
+        train=step.get("train", "train"),
+        evaluation=step.get("evaluation", "evaluate"),
+        # A recipe ships no SavedModel with saved_model = "" (TOML has no null).
+        saved_model=step.get("saved_model", "saved_model") or None,
+        student_steps=step.get("student_steps"),
         data_description=step.get("description", ""),
         limitations=step.get("limitations", []),
     )

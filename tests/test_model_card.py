@@ -48,3 +48,50 @@ def test_the_card_names_the_objective_the_elbo_and_the_mean_network(tmp_path):
 def test_a_plain_run_has_no_mean_network(tmp_path):
     write_run(tmp_path, residual=False)
     assert "mean_network" not in collect_card(tmp_path)["training"]
+
+
+def write_distillation(root, teacher_dir):
+    distill = root / "distill"
+    config = {"teacher": str(teacher_dir / "model.keras"), "teacher_steps": 32, "student_steps": 4, "steps": 50,
+              "dataset": "camels_cmd/IllustrisTNG_LH", "crop_size": 128, "batch_size": 6,
+              "learning_rate": 1e-4, "ema_momentum": 0.995}
+    for steps, loss in ((16, 0.5), (8, 0.25), (4, 0.125)):
+        (distill / f"steps_{steps}").mkdir(parents=True)
+        (distill / f"steps_{steps}" / "history.csv").write_text(
+            f"epoch,loss,val_loss,epoch_seconds\n0,{loss},{loss / 2},10.0\n")
+    (distill / "config.json").write_text(json.dumps(config))
+    (distill / "done.json").write_text(json.dumps({
+        "teacher": config["teacher"], "rounds": [16, 8, 4], "steps_per_round": 50, "wall_time_s": 60.0,
+        "wall_time_s_per_round": {"16": 10.0, "8": 20.0, "4": 30.0}, "backend": "tensorflow"}))
+    (root / "evaluate_8").mkdir()
+    (root / "evaluate_8" / "metrics.json").write_text(json.dumps({"settings": {"num_steps": 8},
+                                                                  "summary": {"verdict": "calibrated"}}))
+
+
+def test_a_distilled_students_card_sets_its_cost_against_the_teachers_training(tmp_path):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    # A shipped teacher: its training and its mean network's, from its own metrics.json.
+    (teacher / "metrics.json").write_text(json.dumps({"training": {"wall_time_s": 150.0,
+                                                                   "mean_network": {"wall_time_s": 50.0}}}))
+    write_distillation(tmp_path, teacher)
+    card = collect_card(tmp_path, train="distill", evaluation="evaluate_8", student_steps=8)
+    facts = card["distillation"]
+    assert "training" not in card and facts["student_steps"] == 8 and facts["rounds"] == [16, 8]
+    assert facts["wall_time_s"] == 30.0 and facts["teacher_training_wall_time_s"] == 200.0
+    assert facts["wall_time_fraction_of_teacher_training"] == 0.15
+    assert (facts["final_loss"], facts["final_val_loss"]) == (0.25, 0.125)
+    # Without student_steps the card is the last student's.
+    assert collect_card(tmp_path, train="distill", evaluation="evaluate_8")["distillation"]["wall_time_s"] == 60.0
+    card["name"] = "student"
+    text = render_card(card)
+    assert "## Distillation" in text and "num_steps=8" in text and 'sampler="ddim"' in text
+    with pytest.raises(ValueError, match="no 2-step student"):
+        collect_card(tmp_path, train="distill", evaluation="evaluate_8", student_steps=2)
+
+
+def test_a_teacher_trained_in_a_run_folder_is_timed_from_its_histories(tmp_path):
+    write_run(tmp_path / "teacher_run", residual=True)
+    write_distillation(tmp_path, tmp_path / "teacher_run" / "train")
+    facts = collect_card(tmp_path, train="distill", evaluation="evaluate_8")["distillation"]
+    assert facts["teacher_training_wall_time_s"] == 40.5 + 3.5  # the diffusion's timed epochs + the mean's
