@@ -138,6 +138,8 @@ class BenchConfig:
         quality_noise_floor: also redraw the reference with another seed.
         quality_random_shifts: None for `model.sample`'s default, or a bool.
         quality_ddim_etas: also rows of stochastic DDIM with these `eta`.
+        quality_students: `.keras` students distilled from `quality_model`,
+            each a row of its own DDIM steps against the teacher's reference.
         large_map_size: side of the large map sampled through tiles, per
             backend, for its peak memory (0 or None: skip).
         large_map_tile, large_map_margin: its tile cores and their margin.
@@ -179,6 +181,7 @@ class BenchConfig:
     quality_noise_floor: bool = True
     quality_random_shifts: bool | None = None
     quality_ddim_etas: list = dataclasses.field(default_factory=list)
+    quality_students: list = dataclasses.field(default_factory=list)
     large_map_size: int | None = 2048
     large_map_tile: int = 256
     large_map_margin: int = 32
@@ -189,6 +192,7 @@ class BenchConfig:
         # Sequences as lists, paths as strings: the config travels to the workers as JSON.
         for name in ("sizes", "backends", "samplers", "quality_steps", "quality_ddim_etas"):
             setattr(self, name, list(getattr(self, name)))
+        self.quality_students = [os.fspath(path) for path in self.quality_students]
         self.sizes = [int(size) for size in self.sizes]
         for name in ("quality_model", "quality_data"):
             if getattr(self, name) is not None:
@@ -196,6 +200,8 @@ class BenchConfig:
         self.network_overrides = dict(self.network_overrides or {})
         if (self.quality_model is None) != (self.quality_data is None):
             raise ValueError("Give both quality_model and quality_data, or neither.")
+        if self.quality_students and self.quality_model is None:
+            raise ValueError("quality_students are measured against their teacher: give quality_model too.")
 
     @classmethod
     def from_dict(cls, values):
@@ -275,7 +281,8 @@ def _quality_worker(config, sizes):
         random_shifts=config.quality_random_shifts,
         ddim_etas=tuple(config.quality_ddim_etas),
     )
-    output = quality_vs_steps(model, stellar, dark, settings)
+    students = {path: load_keras_posterior(path) for path in config.quality_students}
+    output = quality_vs_steps(model, stellar, dark, settings, students)
     output["backend"] = keras.backend.backend()
     return output
 
@@ -417,6 +424,8 @@ def _quality_section(quality):
             lines.append(f"| {row['sampler']} | {row['num_steps']} | error: {row['error']} |")
             continue
         check = " (convergence check)" if row.get("convergence_check") else ""
+        if row.get("model", "teacher") != "teacher":
+            check += f" (student {row['model']})"
         if row.get("eta"):
             check += f" (eta {row['eta']:g})"
         lines.append(_row([

@@ -262,6 +262,7 @@ def _step_bench(step, run_dir):
     settings = {k: v for k, v in step.items() if k not in ("kind", "out")}
     for name in ("quality_model", "quality_data"):
         settings[name] = _resolve(run_dir, step.get(name))
+    settings["quality_students"] = [_resolve(run_dir, path) for path in step.get("quality_students", [])]
     run_bench(BenchConfig.from_dict(settings), json_path=out)
 
 

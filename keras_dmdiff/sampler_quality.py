@@ -23,6 +23,7 @@ DEFAULT_SAMPLERS = ("ancestral", "ddim", "dpm_solver_2m", "dpm_solver_2m_sde")
 DEFAULT_QUALITY_STEPS = (10, 25, 50, 125)
 #: Fields of every row of `run_bench(...)["quality"]["rows"]`.
 QUALITY_FIELDS = (
+    "model",
     "sampler",
     "eta",
     "num_steps",
@@ -182,7 +183,7 @@ class QualitySettings:
         return math.lcm(int(self.reference_steps), *map(int, self.steps), *extra)
 
 
-def quality_vs_steps(model, stellar_mass, dark_matter, settings=None):
+def quality_vs_steps(model, stellar_mass, dark_matter, settings=None, students=None):
     """Quality of each sampler against its number of steps, relative to a reference sampler.
 
     Every (sampler, steps) pair draws `settings.num_samples` posterior samples of each
@@ -230,15 +231,22 @@ def quality_vs_steps(model, stellar_mass, dark_matter, settings=None):
     steps (a row flagged "convergence_check"): how far the reference itself is
     from its many-step limit.
 
+    Distilled students of `model` (`students`) add one row each: their
+    deterministic DDIM with the steps they were distilled for, from the
+    reference's initial noise.
+
     Args:
         model: a `VariationalDiffusion` (trained, for meaningful numbers).
         stellar_mass, dark_matter: held-out physical maps [M, H, W].
         settings: a `QualitySettings` (None: the defaults).
+        students: None, or {name: student `VariationalDiffusion`} (each
+            with `distilled_steps`), measured against `model`'s reference.
 
     Returns:
         dict: "reference" (its settings and statistics), "reference_repeat"
         (a row for the reference redrawn with seed + 1, or None), "rows" (one dict
-        with the `QUALITY_FIELDS` per pair), "noise_steps", "k_max", "num_maps",
+        with the `QUALITY_FIELDS` per pair; "model" is "teacher" or the
+        student's name), "noise_steps", "k_max", "num_maps",
         "num_samples", "box_size", "levels", "random_shifts"; JSON-serialisable.
 
     Example:
@@ -250,6 +258,10 @@ def quality_vs_steps(model, stellar_mass, dark_matter, settings=None):
     repeat = run.row(c.reference_sampler, c.reference_steps, c.seed + 1) if c.noise_floor else None
     rows = [run.row(sampler, num_steps) for sampler in c.samplers for num_steps in c.steps]
     rows += [run.row("ddim", num_steps, eta=eta) for eta in c.ddim_etas for num_steps in c.steps]
+    for name, student in (students or {}).items():
+        if student.distilled_steps is None:
+            raise ValueError(f"The student {name!r} is not a distilled model (its distilled_steps is None).")
+        rows.append(run.row("ddim", student.distilled_steps, model=(name, student)))
     if c.converged_steps:
         rows.append(dict(run.row(c.reference_sampler, c.converged_steps), convergence_check=True))
     return json_safe(
@@ -284,12 +296,13 @@ class _QualityRun:
         samples, self.ref_seconds = self.draw(settings.reference_sampler, settings.reference_steps)  # raises if it diverges
         self.ref = _sample_statistics(samples, self.dark_matter, self.box, settings.k_max)
 
-    def draw(self, sampler, num_steps, seed=None, eta=0.0):
+    def draw(self, sampler, num_steps, seed=None, eta=0.0, model=None):
         c = self.settings
+        model = self.model if model is None else model
         options = SamplingOptions(sampler=sampler, eta=eta, batch_size=c.batch_size, noise_steps=self.noise_steps,
                                   random_shifts=self.shifts)
         start = time.perf_counter()
-        samples = self.model.sample(self.stellar_mass, c.num_samples, int(num_steps),
+        samples = model.sample(self.stellar_mass, c.num_samples, int(num_steps),
                                     c.seed if seed is None else seed, options)
         return samples.astype(np.float64), time.perf_counter() - start
 
@@ -302,12 +315,17 @@ class _QualityRun:
 
         return float(np.sum(np.abs(pdf - other) * np.diff(DEFAULT_LOG10_SIGMA_BINS)))
 
-    def row(self, sampler, num_steps, seed=None, eta=0.0):
-        """One row of `QUALITY_FIELDS` (with "error" set, and None elsewhere, if the sampler diverged)."""
+    def row(self, sampler, num_steps, seed=None, eta=0.0, model=None):
+        """One row of `QUALITY_FIELDS` (with "error" set, and None elsewhere, if the sampler diverged).
+
+        `model`: None for the teacher, or a (name, student) pair.
+        """
         from keras_dmdiff.models.samplers import is_stochastic
 
         c, ref = self.settings, self.ref
+        name, model = ("teacher", None) if model is None else model
         row = {
+            "model": name,
             "sampler": sampler,
             "eta": float(eta) if sampler == "ddim" else None,
             "num_steps": int(num_steps),
@@ -319,7 +337,7 @@ class _QualityRun:
             stochastic = is_stochastic(sampler, eta) and is_stochastic(c.reference_sampler)
             row["coupling"] = "noise path" if stochastic else "initial noise"
         try:
-            samples, row["seconds"] = self.draw(sampler, num_steps, seed, eta)
+            samples, row["seconds"] = self.draw(sampler, num_steps, seed, eta, model)
         except FloatingPointError as error:  # a diverging sampler is a result of the table, not a crash
             row.update({field: None for field in QUALITY_FIELDS if field not in row})
             row["error"] = str(error)

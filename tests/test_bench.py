@@ -231,3 +231,31 @@ def test_quality_settings_example_runs():
 
     result = doctest.testmod(sampler_quality)
     assert result.failed == 0 and result.attempted >= 1
+
+
+def test_a_students_row_is_its_ddim_steps_against_the_teachers_reference(tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    teacher = VariationalDiffusion(network=network_from_preset("tiny"), seed=0)
+    teacher.build()
+    teacher.save(tmp_path / "teacher.keras")
+    # A "student" with its teacher's weights: its 2 DDIM steps are the teacher's, on the same initial noise.
+    student = VariationalDiffusion.from_config({**teacher.get_config(), "distilled_steps": 2})
+    student.build()
+    student.set_weights(teacher.get_weights())
+    student.save(tmp_path / "student.keras")
+    stellar, dark = speed.random_maps(2, 16, seed=1)
+    np.savez(tmp_path / "held_out.npz", stellar_mass=stellar, dark_matter=dark)
+    config = bench.BenchConfig(
+        quality_model=tmp_path / "teacher.keras", quality_data=tmp_path / "held_out.npz",
+        quality_students=[tmp_path / "student.keras"], samplers=["ddim"], quality_steps=[2], reference_steps=4,
+        quality_samples=2, quality_batch_size=4, quality_noise_floor=False,
+    )  # fmt: skip
+    bench._worker_main(["quality", json.dumps({"config": config.to_dict(), "sizes": []})])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(bench._JSON_PREFIX)][-1]
+    teacher_row, student_row = json.loads(line[len(bench._JSON_PREFIX) :])["rows"]
+    assert (teacher_row["model"], student_row["model"]) == ("teacher", str(tmp_path / "student.keras"))
+    assert (student_row["sampler"], student_row["num_steps"], student_row["coupling"]) == ("ddim", 2, "initial noise")
+    for field in ("mean_power_ratio_difference", "r_posterior_mean", "coverage", "pdf_distance_vs_reference"):
+        assert student_row[field] == pytest.approx(teacher_row[field], abs=1e-6)
+    with pytest.raises(ValueError, match="give quality_model"):
+        bench.BenchConfig(quality_students=["student.keras"])
