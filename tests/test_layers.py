@@ -12,6 +12,7 @@ from keras_dmdiff.models.layers import (
     ResidualBlock,
     SelfAttention,
     periodic_bilinear_upsample,
+    wrap_pad,
 )
 
 
@@ -32,6 +33,36 @@ def test_circular_conv_matches_periodic_convolution():
             # Cross-correlation: out[i, j] = sum k[dy, dx] x[i + dy - 1, j + dx - 1] (wrapped).
             expected += kernel[dy, dx, 0, 0] * np.roll(x[0, :, :, 0], (1 - dy, 1 - dx), axis=(0, 1))
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def _gradient(function, x):
+    """d sum(function(x)) / dx on the backend in use."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return np.asarray(jax.grad(lambda v: function(v).sum())(x))
+    import tensorflow as tf
+
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(function(x))
+    return tape.gradient(total, x).numpy()
+
+
+@pytest.mark.parametrize("size, pad", [((5, 7), 1), ((4, 6), 2), ((2, 3), 1), ((1, 3), 1)])
+def test_wrap_pad_and_its_gradient_are_the_periodic_pad_and_its_adjoint(size, pad):
+    x = random((2, *size, 3))
+    expected = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="wrap")
+    np.testing.assert_array_equal(ops.convert_to_numpy(wrap_pad(x, pad)), expected)
+    # The adjoint of the pad: every padded pixel's weight lands on the pixel it copies.
+    weights = random(expected.shape, seed=1)
+    rows = (np.arange(size[0] + 2 * pad) - pad) % size[0]
+    columns = (np.arange(size[1] + 2 * pad) - pad) % size[1]
+    adjoint = np.zeros_like(x)
+    np.add.at(adjoint, (slice(None), rows[:, None], columns[None, :]), weights)
+    gradient = _gradient(lambda v: wrap_pad(v, pad) * weights, x)
+    np.testing.assert_allclose(gradient, adjoint, rtol=1e-6, atol=1e-6)
 
 
 def test_circular_conv_is_shift_equivariant():
@@ -137,3 +168,11 @@ def test_layer_configs_round_trip(layer):
     config = layer.get_config()
     again = layer.__class__.from_config(config)
     assert again.get_config() == config
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    from keras_dmdiff.models import layers
+
+    assert doctest.testmod(layers, extraglobs={"keras": keras, "ops": ops}).failed == 0
