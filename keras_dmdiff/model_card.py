@@ -61,26 +61,28 @@ def _wall_time(train_dir, done):
     }
 
 
-def _teacher_training_time(teacher):
-    """Wall time that trained a teacher (its mean network included), in seconds; None if unknown.
+def _teacher_facts(teacher):
+    """A teacher's name and the wall time that trained it (its mean network included; None if unknown).
 
-    A shipped teacher's metrics.json or a training run's history.csv beside the
-    `.keras` file say it; a student teacher (of a later round) has neither.
+    A shipped teacher's metrics.json (its name and training) or a training
+    run's history.csv beside the `.keras` file say it; otherwise the name is
+    the path and the time unknown.
     """
     from keras_dmdiff.training import total_wall_time
 
     folder = pathlib.Path(teacher).parent
+    name, parts = str(teacher), []
     if (folder / "metrics.json").exists():
-        training = json.loads((folder / "metrics.json").read_text()).get("training", {})
+        shipped = json.loads((folder / "metrics.json").read_text())
+        name = shipped.get("name") or name
+        training = shipped.get("training", {})
         parts = [training.get("wall_time_s"), training.get("mean_network", {}).get("wall_time_s")]
     elif (folder / "history.csv").exists():
         parts = [total_wall_time(folder / "history.csv")[0]]
         if (folder / "mean" / "history.csv").exists():
             parts.append(total_wall_time(folder / "mean" / "history.csv")[0])
-    else:
-        return None
     parts = [part for part in parts if part is not None]
-    return round(sum(parts), 1) if parts else None
+    return name, (round(sum(parts), 1) if parts else None)
 
 
 def _distillation_facts(distill_dir, config, student_steps):
@@ -92,10 +94,10 @@ def _distillation_facts(distill_dir, config, student_steps):
                          f"{done['rounds']}.")
     seconds = sum(done["wall_time_s_per_round"][str(steps)] for steps in rounds)
     history = _read_history(distill_dir / f"steps_{student_steps}" / "history.csv")
-    teacher_seconds = _teacher_training_time(config["teacher"])
+    teacher, teacher_seconds = _teacher_facts(config["teacher"])
     return {
         "method": "progressive distillation (Salimans & Ho 2022), DDIM steps halved each round",
-        "teacher": config["teacher"],
+        "teacher": teacher,
         "student_steps": student_steps,
         "rounds": rounds,
         "steps_per_round": config["steps"],

@@ -72,12 +72,13 @@ def test_a_distilled_students_card_sets_its_cost_against_the_teachers_training(t
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     # A shipped teacher: its training and its mean network's, from its own metrics.json.
-    (teacher / "metrics.json").write_text(json.dumps({"training": {"wall_time_s": 150.0,
+    (teacher / "metrics.json").write_text(json.dumps({"name": "tng", "training": {"wall_time_s": 150.0,
                                                                    "mean_network": {"wall_time_s": 50.0}}}))
     write_distillation(tmp_path, teacher)
     card = collect_card(tmp_path, train="distill", evaluation="evaluate_8", student_steps=8)
     facts = card["distillation"]
     assert "training" not in card and facts["student_steps"] == 8 and facts["rounds"] == [16, 8]
+    assert facts["teacher"] == "tng"
     assert facts["wall_time_s"] == 30.0 and facts["teacher_training_wall_time_s"] == 200.0
     assert facts["wall_time_fraction_of_teacher_training"] == 0.15
     assert (facts["final_loss"], facts["final_val_loss"]) == (0.25, 0.125)
@@ -95,3 +96,4 @@ def test_a_teacher_trained_in_a_run_folder_is_timed_from_its_histories(tmp_path)
     write_distillation(tmp_path, tmp_path / "teacher_run" / "train")
     facts = collect_card(tmp_path, train="distill", evaluation="evaluate_8")["distillation"]
     assert facts["teacher_training_wall_time_s"] == 40.5 + 3.5  # the diffusion's timed epochs + the mean's
+    assert facts["teacher"].endswith("model.keras")
