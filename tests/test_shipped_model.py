@@ -48,3 +48,24 @@ def test_shipped_saved_model_runs_without_keras(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_the_shipped_student_samples_in_its_eight_steps_and_its_card_says_so():
+    from keras_dmdiff.posterior import SamplingOptions, load_posterior
+
+    folder = shipped_model_path().parent.parent / "tng_mock_cpu_ddim8"
+    card = json.loads((folder / "metrics.json").read_text())
+    distillation = card["distillation"]
+    assert distillation["teacher"] == shipped_model_path().parent.name
+    assert distillation["student_steps"] == 8 and distillation["rounds"][-1] == 8
+    assert 0 < distillation["wall_time_fraction_of_teacher_training"] < 1
+    summary = card["evaluation"]["summary"]["cross_correlation_1_k_5"]
+    assert summary["diffusion_posterior_mean"] > summary["stellar_tracer"]
+    student = load_posterior(folder / "model.keras")
+    stars = example_stellar_mass()[:64, :64]
+    ddim = SamplingOptions(sampler="ddim")
+    samples = student.sample(stars, num_samples=2, num_steps=8, seed=1, options=ddim)
+    assert samples.shape == (1, 2, 64, 64) and np.all(samples > 0)
+    assert not np.allclose(samples[0, 0], samples[0, 1])  # diversity from the initial noise
+    with pytest.raises(ValueError, match="distilled for 8"):
+        student.sample(stars, num_samples=1, num_steps=16, seed=1, options=ddim)
