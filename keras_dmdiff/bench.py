@@ -425,7 +425,7 @@ def _quality_section(quality):
             continue
         check = " (convergence check)" if row.get("convergence_check") else ""
         if row.get("model", "teacher") != "teacher":
-            check += f" (student {row['model']})"
+            check += f" (student {'/'.join(pathlib.PurePath(row['model']).parts[-2:])})"
         if row.get("eta"):
             check += f" (eta {row['eta']:g})"
         lines.append(_row([

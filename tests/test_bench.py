@@ -259,3 +259,7 @@ def test_a_students_row_is_its_ddim_steps_against_the_teachers_reference(tmp_pat
         assert student_row[field] == pytest.approx(teacher_row[field], abs=1e-6)
     with pytest.raises(ValueError, match="give quality_model"):
         bench.BenchConfig(quality_students=["student.keras"])
+    table = bench.format_table({"machine": {"cpu_count": 2}, "settings": {"preset": "tiny", "batch_size": 2},
+                                "matmul_peak": {"size": 256, "repeats": 1, "gflops": 1.0}, "rows": [],
+                                "quality": json.loads(line[len(bench._JSON_PREFIX) :])})
+    assert f"| ddim (student {tmp_path.name}/student.keras) | 2 |" in table
