@@ -24,7 +24,7 @@ from keras_dmdiff.science_monitor import MonitorConfig
 from keras_dmdiff.settings import from_fields
 from keras_dmdiff.training import check_schedule, fit_resumably, record_config, total_wall_time
 
-__all__ = ["DistillConfig", "distill", "round_steps"]
+__all__ = ["DistillConfig", "distill", "round_dir", "round_steps"]
 
 
 @dataclasses.dataclass
@@ -112,6 +112,16 @@ def round_steps(teacher_steps, student_steps):
     return rounds
 
 
+def round_dir(run_dir, steps):
+    """The folder of the round that distils a `steps`-step student; its student is `student.keras` there.
+
+    Example:
+        >>> round_dir("runs/distill", 8).as_posix()
+        'runs/distill/steps_8'
+    """
+    return pathlib.Path(run_dir) / f"steps_{int(steps)}"
+
+
 def distill(config, run_dir, verbose="auto", time_limit_s=None):
     """Distils (or resumes distilling) `config.teacher` into `config.student_steps` DDIM steps.
 
@@ -146,18 +156,18 @@ def distill(config, run_dir, verbose="auto", time_limit_s=None):
         raise FileNotFoundError(f"The teacher {teacher_path} does not exist: train it first (dmdiff train).")
     started = False
     for steps in config.rounds:
-        round_dir = run_dir / f"steps_{steps}"
-        student_path = round_dir / "student.keras"
-        if not ((round_dir / "done.json").exists() and student_path.exists()):
+        folder = round_dir(run_dir, steps)
+        student_path = folder / "student.keras"
+        if not ((folder / "done.json").exists() and student_path.exists()):
             if started and deadline is not None and time.time() >= deadline:
                 return None  # the next round begins in the next call
             started = True
-            if not _distil_round(teacher_path, steps, config, round_dir, verbose, deadline):
+            if not _distil_round(teacher_path, steps, config, folder, verbose, deadline):
                 return None
         teacher_path = student_path
     with atomic_files.replacing(final_path) as temporary:
         shutil.copyfile(teacher_path, temporary)
-    seconds = [total_wall_time(run_dir / f"steps_{steps}" / "history.csv")[0] for steps in config.rounds]
+    seconds = [total_wall_time(round_dir(run_dir, steps) / "history.csv")[0] for steps in config.rounds]
     atomic_files.write_json(
         run_dir / "done.json",
         {
@@ -172,15 +182,15 @@ def distill(config, run_dir, verbose="auto", time_limit_s=None):
     return keras.saving.load_model(final_path, compile=False)
 
 
-def _distil_round(teacher_path, steps, config, round_dir, verbose, deadline):
+def _distil_round(teacher_path, steps, config, folder, verbose, deadline):
     """One halving round; saves the student. False when `deadline` (a time.time(), or None) stopped it."""
     keras.utils.set_random_seed(config.seed)
     teacher = keras.saving.load_model(teacher_path, compile=False)
     distiller = ProgressiveDistillation(teacher, num_steps=steps, seed=config.seed)
-    round_dir.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     # fit ends with the EMA weights in place (as the diffusion model's training does).
-    if fit_resumably(distiller, config, round_dir, config.steps, verbose, deadline) is None:
+    if fit_resumably(distiller, config, folder, config.steps, verbose, deadline) is None:
         return False
-    with atomic_files.replacing(round_dir / "student.keras") as temporary:
+    with atomic_files.replacing(folder / "student.keras") as temporary:
         distiller.student.save(temporary)
     return True

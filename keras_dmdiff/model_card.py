@@ -21,6 +21,7 @@ import shutil
 
 import keras_dmdiff
 from keras_dmdiff import atomic_files
+from keras_dmdiff.distillation import round_dir
 
 
 def _read_history(path):
@@ -61,6 +62,10 @@ def _wall_time(train_dir, done):
     }
 
 
+def _hardware():
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
+
+
 def _teacher_facts(teacher):
     """A teacher's name and the wall time that trained it (its mean network included; None if unknown).
 
@@ -93,7 +98,7 @@ def _distillation_facts(distill_dir, config, student_steps):
         raise ValueError(f"The distillation run {distill_dir} has no {student_steps}-step student; its rounds: "
                          f"{done['rounds']}.")
     seconds = sum(done["wall_time_s_per_round"][str(steps)] for steps in rounds)
-    history = _read_history(distill_dir / f"steps_{student_steps}" / "history.csv")
+    history = _read_history(round_dir(distill_dir, student_steps) / "history.csv")
     teacher, teacher_seconds = _teacher_facts(config["teacher"])
     return {
         "method": "progressive distillation (Salimans & Ho 2022), DDIM steps halved each round",
@@ -110,7 +115,7 @@ def _distillation_facts(distill_dir, config, student_steps):
         "teacher_training_wall_time_s": teacher_seconds,
         "wall_time_fraction_of_teacher_training": None if not teacher_seconds else round(seconds / teacher_seconds, 3),
         "backend": done.get("backend"),
-        "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "hardware": _hardware(),
     }
 
 
@@ -131,7 +136,7 @@ def _training_facts(train_dir, config):
         "final_val_elbo_bpd": _float_or_none(last.get("val_elbo_bpd")),
         **_wall_time(train_dir, done),
         "backend": done.get("backend"),
-        "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "hardware": _hardware(),
         **_mean_network_facts(train_dir, config),
     }
 
@@ -247,7 +252,7 @@ def ship_model(run_dir, out_dir, name, *, train="train", evaluation="evaluate", 
     card = collect_card(run_dir, train=train, evaluation=evaluation, student_steps=student_steps, **card_kwargs)
     card["name"] = name
     if "distillation" in card:
-        model_path = run_dir / train / f"steps_{card['distillation']['student_steps']}" / "student.keras"
+        model_path = round_dir(run_dir / train, card["distillation"]["student_steps"]) / "student.keras"
     else:
         model_path = run_dir / train / "model.keras"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -303,7 +303,7 @@ class _QualityRun:
                                   random_shifts=self.shifts)
         start = time.perf_counter()
         samples = model.sample(self.stellar_mass, c.num_samples, int(num_steps),
-                                    c.seed if seed is None else seed, options)
+                               c.seed if seed is None else seed, options)
         return samples.astype(np.float64), time.perf_counter() - start
 
     def evaluations(self, num_steps):
