@@ -617,14 +617,25 @@ def run_evaluation(model_path, data, out_dir, settings=None, *, regression_model
 
 
 def load_regression_model(path):
-    """Loads a `.keras` `RegressionUNet` (baseline (a)).
+    """Loads a `.keras` `RegressionUNet` (baseline (a)), or a residual model's mean network.
+
+    A residual `VariationalDiffusion` carries the regression U-Net it was
+    trained on: that network is the baseline its posterior is measured against.
 
     Returns:
-        The model.
+        The RegressionUNet.
 
     Raises:
-        ValueError: if the file is damaged or holds another kind of model.
+        ValueError: if the file is damaged or holds another kind of model, or a
+            VariationalDiffusion without a mean network.
     """
+    from keras_dmdiff.models import VariationalDiffusion
     from keras_dmdiff.models.regression_unet import RegressionUNet
 
-    return load_keras_file(path, RegressionUNet, "it cannot serve as the regression baseline")
+    why = "it cannot serve as the regression baseline"
+    model = load_keras_file(path, (RegressionUNet, VariationalDiffusion), why)
+    if isinstance(model, VariationalDiffusion):
+        if model.mean_network is None:
+            raise ValueError(f"{path} is a VariationalDiffusion without a mean network: {why}.")
+        return model.mean_network
+    return model

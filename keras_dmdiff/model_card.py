@@ -34,9 +34,17 @@ def _float_or_none(value):
 
 
 def _mean_network_facts(train_dir, config):
-    """The residual mode's regression U-Net: its steps, size and wall time (empty otherwise)."""
+    """The residual mode's regression U-Net: its steps, size and wall time (empty otherwise).
+
+    A run started from `init_model` kept that model's mean network: its facts
+    are those of the initial model's card, where one lies beside it.
+    """
     if not config.get("residual"):
         return {}
+    if config.get("init_model"):
+        shipped = pathlib.Path(config["init_model"]).parent / "metrics.json"
+        facts = json.loads(shipped.read_text()).get("training", {}) if shipped.exists() else {}
+        return {"mean_network": facts.get("mean_network", {"steps": None})}
     done = json.loads((train_dir / "mean" / "done.json").read_text())
     history = _read_history(train_dir / "mean" / "history.csv")
     return {
@@ -67,11 +75,12 @@ def _hardware():
 
 
 def _teacher_facts(teacher):
-    """A teacher's name and the wall time that trained it (its mean network included; None if unknown).
+    """A teacher's (or a fine-tuned run's initial model's) name and the wall time that trained it.
 
-    A shipped teacher's metrics.json (its name and training) or a training
-    run's history.csv beside the `.keras` file say it; otherwise the name is
-    the path and the time unknown.
+    The time includes its mean network's and, for a fine-tuned model, its own
+    initial model's; None if unknown. A shipped model's metrics.json (its name
+    and training) or a training run's history.csv beside the `.keras` file say
+    it; otherwise the name is the path and the time unknown.
     """
     from keras_dmdiff.training import total_wall_time
 
@@ -81,7 +90,8 @@ def _teacher_facts(teacher):
         shipped = json.loads((folder / "metrics.json").read_text())
         name = shipped.get("name") or name
         training = shipped.get("training", {})
-        parts = [training.get("wall_time_s"), training.get("mean_network", {}).get("wall_time_s")]
+        parts = [training.get("wall_time_s"), training.get("mean_network", {}).get("wall_time_s"),
+                 training.get("initial_model", {}).get("training_wall_time_s")]
     elif (folder / "history.csv").exists():
         parts = [total_wall_time(folder / "history.csv")[0]]
         if (folder / "mean" / "history.csv").exists():
@@ -137,8 +147,17 @@ def _training_facts(train_dir, config):
         **_wall_time(train_dir, done),
         "backend": done.get("backend"),
         "hardware": _hardware(),
+        **_initial_model_facts(config),
         **_mean_network_facts(train_dir, config),
     }
+
+
+def _initial_model_facts(config):
+    """A fine-tuned run's starting model, by name, and the wall time that trained it (empty otherwise)."""
+    if not config.get("init_model"):
+        return {}
+    name, wall_time = _teacher_facts(config["init_model"])
+    return {"initial_model": {"name": name, "training_wall_time_s": wall_time}}
 
 
 def collect_card(run_dir, *, train="train", evaluation="evaluate", data_description="", limitations=(),

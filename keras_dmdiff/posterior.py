@@ -239,7 +239,7 @@ def load_keras_file(path, expected_class, why="it is not the model asked for"):
 
     Args:
         path: the `.keras` file.
-        expected_class: the class the model must be an instance of.
+        expected_class: the class (or tuple of classes) the model must be an instance of.
         why: the consequence of another class, for the message.
 
     Raises:
@@ -264,7 +264,7 @@ def load_keras_file(path, expected_class, why="it is not the model asked for"):
             f"version?): {error}"
         ) from error
     if not isinstance(model, expected_class):
-        raise ValueError(
-            f"{path} holds a {type(model).__name__}, not a keras_dmdiff {expected_class.__name__}: {why}."
-        )
+        classes = expected_class if isinstance(expected_class, tuple) else (expected_class,)
+        names = " or ".join(cls.__name__ for cls in classes)
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a keras_dmdiff {names}: {why}.")
     return model

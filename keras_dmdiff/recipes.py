@@ -126,10 +126,12 @@ def _step_train(step, run_dir, time_limit_s=None):
 
 
 def _training_settings(step, run_dir):
-    """A training or distillation step's settings, its data folders resolved in the run folder."""
+    """A training or distillation step's settings, its data folders and initial model resolved in the run folder."""
     settings = {k: v for k, v in step.items() if k not in ("kind", "out", "verbose")}
     settings["data_dir"] = _resolve(run_dir, settings.get("data_dir", _DATA_DIR))
     settings["manual_dir"] = _resolve(run_dir, settings.get("manual_dir"))
+    if "init_model" in settings:
+        settings["init_model"] = _resolve(run_dir, settings["init_model"])
     return settings
 
 

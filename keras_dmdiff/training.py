@@ -74,6 +74,11 @@ class TrainConfig:
         science: a `keras_dmdiff.science_monitor.MonitorConfig` (or its dict):
             every `every_epochs` epochs, sample held-out validation maps and
             log the posterior's statistics; keeps `best.keras` (0: off).
+        init_model: a `.keras` VariationalDiffusion whose weights this run
+            starts from (fine-tuning), instead of a random initialisation: the
+            same preset and network settings, its normalisation, and in
+            residual mode its trained mean network, kept as it is (so
+            `mean_steps` stays 0). None: train from scratch.
     """
 
     dataset: str = "camels_cmd/mock_IllustrisTNG_LH"
@@ -103,6 +108,7 @@ class TrainConfig:
     mean_steps: int = 0
     mean_objective: str = "log_mse"
     science: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+    init_model: str | None = None
 
     def __post_init__(self):
         if isinstance(self.science, dict):
@@ -116,7 +122,9 @@ class TrainConfig:
 
     def validate(self):
         check_schedule(self)
-        if self.residual and (self.mean_steps < 1 or self.mean_steps % self.steps_per_epoch):
+        if self.init_model is not None and self.mean_steps:
+            raise ValueError("A run from `init_model` keeps that model's mean network: drop `mean_steps`.")
+        if self.residual and self.init_model is None and (self.mean_steps < 1 or self.mean_steps % self.steps_per_epoch):
             raise ValueError(
                 f"A residual run needs `mean_steps` >= 1, a multiple of `steps_per_epoch` "
                 f"({self.steps_per_epoch}); got {self.mean_steps}."
@@ -395,6 +403,11 @@ def train(config, run_dir, verbose="auto", time_limit_s=None, mean_only=False):
             keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
 
     deadline = None if time_limit_s is None else time.time() + float(time_limit_s)
+    if config.init_model is not None:
+        model = _initialised_model(config, run_dir)
+        if mean_only:
+            return model.mean_network
+        return fit_resumably(model, config, run_dir, config.steps, verbose, deadline)
     transform = _fit_transform(config, run_dir)
     mean_network = None
     if config.residual:
@@ -405,6 +418,29 @@ def train(config, run_dir, verbose="auto", time_limit_s=None, mean_only=False):
     model = build_model(config, mean_network)
     model.transform = transform
     return fit_resumably(model, config, run_dir, config.steps, verbose, deadline)
+
+
+def _initialised_model(config, run_dir):
+    """The model of `config` holding the weights, normalisation and mean network of `config.init_model`."""
+    from keras_dmdiff.posterior import load_keras_file
+
+    path = config.init_model
+    start = load_keras_file(path, VariationalDiffusion, "it cannot start a diffusion training run (init_model)")
+    if (start.mean_network is not None) != config.residual:
+        raise ValueError(f"init_model {path} {'has' if start.mean_network is not None else 'has no'} mean network, "
+                         f"but this run has residual = {config.residual}.")  # fmt: skip
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, start.mean_network)
+    model.transform = start.transform
+    model.build()
+    ours, theirs = [tuple(v.shape) for v in model.weights], [tuple(v.shape) for v in start.weights]
+    if ours != theirs:
+        raise ValueError(f"init_model {path} is not a model of preset {config.preset!r} with network settings "
+                         f"{config.network}: its {len(theirs)} weights do not match this run's {len(ours)}.")  # fmt: skip
+    model.set_weights(start.get_weights())
+    # For the record, as a run from scratch keeps the normalisation it fitted.
+    atomic_files.write_json(run_dir / "transform.json", model.transform.get_config())
+    return model
 
 
 # Where the data is read from is not what is trained: a run folder moved, or

@@ -359,9 +359,27 @@ def test_run_evaluation_from_keras_files_on_a_tfds_split(cmd_dirs, tmp_path):
         assert f["samples"].shape == (3, 2, 32, 32)
         assert f.attrs["dataset"] == "camels_cmd/IllustrisTNG_LH" and f.attrs["split"] == "test"
         assert f.attrs["model_path"].endswith("model.keras")
-    with pytest.raises(ValueError, match="RegressionUNet"):
+    with pytest.raises(ValueError, match="VariationalDiffusion without a mean network"):
         run_evaluation(tmp_path / "model.keras", data, tmp_path / "other", settings.replace(max_maps=1),
                        regression_model_path=tmp_path / "model.keras", progress=False)
+
+
+def test_a_residual_models_mean_network_is_its_regression_baseline(tmp_path):
+    from keras_dmdiff.evaluation import load_regression_model
+
+    mean = RegressionUNet(network=network_from_preset("tiny"))
+    mean.build()
+    kernel = mean.network.conv_out.conv.kernel
+    kernel.assign(np.random.default_rng(2).normal(size=kernel.shape).astype("float32"))
+    model = VariationalDiffusion(network=network_from_preset("tiny"), seed=0, mean_network=mean)
+    model.build()
+    model.save(tmp_path / "residual.keras")
+    loaded = load_regression_model(tmp_path / "residual.keras")
+    assert isinstance(loaded, RegressionUNet)
+    for ours, theirs in zip(loaded.get_weights(), mean.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+    keras.saving.save_model(mean, tmp_path / "mean.keras")
+    assert isinstance(load_regression_model(tmp_path / "mean.keras"), RegressionUNet)
 
 
 def test_exported_saved_model_evaluates_like_its_keras_model(tmp_path):

@@ -97,3 +97,20 @@ def test_a_teacher_trained_in_a_run_folder_is_timed_from_its_histories(tmp_path)
     facts = collect_card(tmp_path, train="distill", evaluation="evaluate_8")["distillation"]
     assert facts["teacher_training_wall_time_s"] == 40.5 + 3.5  # the diffusion's timed epochs + the mean's
     assert facts["teacher"].endswith("model.keras")
+
+
+def test_a_fine_tuned_runs_card_names_its_initial_model_and_keeps_its_mean_network(tmp_path):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    mean = {"steps": 3000, "parameters": 900, "wall_time_s": 50.0}
+    (shipped / "metrics.json").write_text(json.dumps({"name": "tng", "training": {"wall_time_s": 150.0,
+                                                                                  "mean_network": mean}}))
+    write_run(tmp_path / "run", residual=True)
+    config_file = tmp_path / "run" / "train" / "config.json"
+    config = dict(json.loads(config_file.read_text()), init_model=str(shipped / "model.keras"), mean_steps=0)
+    config_file.write_text(json.dumps(config))
+    training = collect_card(tmp_path / "run")["training"]
+    # The run trained no mean network of its own: the card's is the initial model's.
+    assert training["mean_network"] == mean
+    assert training["initial_model"] == {"name": "tng", "training_wall_time_s": 200.0}
+    assert training["wall_time_s"] == 40.5

@@ -181,6 +181,32 @@ def test_mean_only_trains_the_mean_network_and_a_later_call_goes_on(cmd_dirs, tm
         train(tiny_config(cmd_dirs), tmp_path / "other", verbose=0, mean_only=True)
 
 
+def test_a_run_from_init_model_starts_from_its_weights_and_keeps_its_mean_network(cmd_dirs, tmp_path):
+    first = train(tiny_config(cmd_dirs, residual=True, mean_steps=2, steps=2), tmp_path / "first", verbose=0)
+    start = tmp_path / "first" / "model.keras"
+    config = tiny_config(cmd_dirs, residual=True, steps=2, seed=1, init_model=str(start))
+    tuned = train(config, tmp_path / "tuned", verbose=0)
+    assert not (tmp_path / "tuned" / "mean").exists()  # no mean network trained
+    for ours, theirs in zip(tuned.mean_network.get_weights(), first.mean_network.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+    assert tuned.transform.get_config() == first.transform.get_config()
+    assert json.loads((tmp_path / "tuned" / "transform.json").read_text()) == first.transform.get_config()
+    # Two AdamW steps of rate 1e-3 move each weight by ~2e-3; a fresh initialisation (seed 1) lies far away.
+    fresh = train(tiny_config(cmd_dirs, residual=True, mean_steps=2, steps=2, seed=1), tmp_path / "fresh", verbose=0)
+    moved = max(np.abs(a - b).max() for a, b in zip(tuned.network.get_weights(), first.network.get_weights()))
+    apart = max(np.abs(a - b).max() for a, b in zip(fresh.network.get_weights(), first.network.get_weights()))
+    assert 0 < moved < 0.01 < apart
+
+    with pytest.raises(ValueError, match="keeps that model's mean network: drop `mean_steps`"):
+        TrainConfig.from_dict(dict(config, mean_steps=2))
+    with pytest.raises(ValueError, match="has mean network, but this run has residual = False"):
+        train(tiny_config(cmd_dirs, init_model=str(start)), tmp_path / "plain", verbose=0)
+    with pytest.raises(ValueError, match="not a model of preset 'tiny'.*do not match"):
+        train(dict(config, network={"bottleneck_width": 16}), tmp_path / "wider", verbose=0)
+    with pytest.raises(FileNotFoundError, match="No model file at .*missing.keras"):
+        train(dict(config, init_model=str(tmp_path / "missing.keras")), tmp_path / "missing", verbose=0)
+
+
 def test_time_limit_stops_at_a_checkpoint_and_a_rerun_finishes(cmd_dirs, tmp_path):
     run = tmp_path / "run"
     # A zero budget stops after the first epoch (its checkpoint is written first).
