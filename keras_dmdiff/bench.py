@@ -75,6 +75,7 @@ DEFAULT_BACKENDS = ("tensorflow", "jax")
 #: Fields of every row of `run_bench(...)["rows"]` (one per backend and size).
 ROW_FIELDS = (
     "backend",
+    "kernels",
     "size",
     "parameters",
     "forward_gflop",
@@ -98,6 +99,10 @@ ROW_FIELDS = (
     "error",
 )
 _JSON_PREFIX = "DMDIFF_BENCH_JSON "
+#: TensorFlow's CPU kernels the bench can time, and the value of `ONEDNN_VARIABLE` that selects each.
+TENSORFLOW_KERNELS = {"onednn": "1", "eigen": "0"}
+# Read once, when TensorFlow is imported: each choice needs a worker process of its own.
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
 
 @dataclasses.dataclass
@@ -109,6 +114,12 @@ class BenchConfig:
         sizes: map sizes (H = W), multiples of the network's stride.
         repeats: timed calls per measurement (the median is reported).
         backends: Keras backends, each measured in its own worker processes.
+        tensorflow_kernels: TensorFlow's CPU kernels to time, each in its own
+            speed rows: "onednn" (`TF_ENABLE_ONEDNN_OPTS=1`) and/or "eigen"
+            (`=0`). TensorFlow's own choice depends on the processor (oneDNN
+            on x86 CPUs with AVX-512 VNNI, Eigen without), and neither wins
+            every workload (docs/benchmarks.md); the large-map and quality
+            workers run the first.
         batch_size: maps per training step and per sampler network call.
         quality_model: a `.keras` VariationalDiffusion for the quality table
             (None: no quality table).
@@ -156,6 +167,7 @@ class BenchConfig:
     sizes: list = dataclasses.field(default_factory=lambda: list(DEFAULT_SIZES))
     repeats: int = 5
     backends: list = dataclasses.field(default_factory=lambda: list(DEFAULT_BACKENDS))
+    tensorflow_kernels: list = dataclasses.field(default_factory=lambda: list(TENSORFLOW_KERNELS))
     batch_size: int = 4
     quality_model: str | None = None
     quality_data: str | None = None
@@ -190,8 +202,12 @@ class BenchConfig:
 
     def __post_init__(self):
         # Sequences as lists, paths as strings: the config travels to the workers as JSON.
-        for name in ("sizes", "backends", "samplers", "quality_steps", "quality_ddim_etas"):
+        for name in ("sizes", "backends", "tensorflow_kernels", "samplers", "quality_steps", "quality_ddim_etas"):
             setattr(self, name, list(getattr(self, name)))
+        unknown = sorted(set(self.tensorflow_kernels) - set(TENSORFLOW_KERNELS))
+        if unknown or not self.tensorflow_kernels:
+            raise ValueError(f"tensorflow_kernels must be some of {sorted(TENSORFLOW_KERNELS)}, got "
+                             f"{self.tensorflow_kernels}.")  # fmt: skip
         self.quality_students = [os.fspath(path) for path in self.quality_students]
         self.sizes = [int(size) for size in self.sizes]
         for name in ("quality_model", "quality_data"):
@@ -213,9 +229,16 @@ class BenchConfig:
 
 
 # ----------------------------------------------------------------- workers
-def _run_worker(backend, kind, config, sizes=()):
+def _kernels(backend, config, kernels=None):
+    """The kernels a worker of `backend` runs: TensorFlow's `kernels` (default: the config's first), else `backend`."""
+    return (kernels or config.tensorflow_kernels[0]) if backend == "tensorflow" else backend
+
+
+def _run_worker(backend, kind, config, sizes=(), kernels=None):
     """Runs `python -m keras_dmdiff.bench --worker KIND CONFIG_JSON` under `backend`; returns its JSON or an error."""
     env = dict(os.environ, KERAS_BACKEND=backend)
+    if backend == "tensorflow":
+        env[ONEDNN_VARIABLE] = TENSORFLOW_KERNELS[_kernels(backend, config, kernels)]
     payload = json.dumps({"config": config.to_dict(), "sizes": [int(size) for size in sizes]})
     command = [sys.executable, "-m", "keras_dmdiff.bench", "--worker", kind, payload]
     try:
@@ -325,17 +348,18 @@ def _speed_table(result):
         "",
         f"float32 matmul peak (numpy {peak['size']}^3, median of {peak['repeats']}): {peak['gflops']:.1f} GFLOP/s",
         "",
-        "| backend | size | fwd GFLOP | fwd s | fwd GFLOP/s | fwd % peak | train step s | train maps/s "
+        "| backend | kernels | size | fwd GFLOP | fwd s | fwd GFLOP/s | fwd % peak | train step s | train maps/s "
         "| train % peak | sampling | samples/s | s / eval | peak RSS GiB | device GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         if row.get("error"):
-            lines.append(f"| {row['backend']} | {row['size']} | error: {row['error'].splitlines()[-1][:120]} |")
+            lines.append(f"| {row['backend']} | {_fmt(row.get('kernels'), '')} | {row['size']} | "
+                         f"error: {row['error'].splitlines()[-1][:120]} |")  # fmt: skip
             continue
         lines.append(_row([
-            row["backend"], str(row["size"]), _fmt(row["forward_gflop"], ".3g"), _fmt(row["forward_s"], ".4g"),
-            _fmt(row["forward_gflops"], ".1f"), _percent(row["forward_fraction_of_peak"]),
+            row["backend"], _fmt(row.get("kernels"), ""), str(row["size"]), _fmt(row["forward_gflop"], ".3g"),
+            _fmt(row["forward_s"], ".4g"), _fmt(row["forward_gflops"], ".1f"), _percent(row["forward_fraction_of_peak"]),
             _fmt(row["train_step_s"], ".4g"), _fmt(row["train_maps_per_s"], ".3g"),
             _percent(row["train_fraction_of_peak"]), f"{row['sampler']} {row['sampling_steps']} steps",
             _fmt(row["samples_per_s"], ".3g"), _fmt(row["s_per_network_evaluation"], ".4g"),
@@ -461,16 +485,18 @@ def format_table(result):
 def _speed_rows(config, peak, say):
     """Every backend's speed rows, one worker per group of sizes, as fractions of `peak` too."""
     groups = [[size] for size in config.sizes] if config.process_per_size else [config.sizes]
+    variants = [(backend, kernels) for backend in config.backends
+                for kernels in (config.tensorflow_kernels if backend == "tensorflow" else [backend])]  # fmt: skip
     rows = []
-    for backend in config.backends:
+    for backend, kernels in variants:
         for group in groups:
-            say(f"[bench] {backend} {','.join(map(str, group))} ...", flush=True)
-            output = _run_worker(backend, "speed", config, sizes=group)
+            say(f"[bench] {backend} ({kernels}) {','.join(map(str, group))} ...", flush=True)
+            output = _run_worker(backend, "speed", config, sizes=group, kernels=kernels)
             worker_rows = output.get("rows") or [{"size": size, "error": output.get("error")} for size in group]
             for row in worker_rows:
                 full = {field: None for field in ROW_FIELDS}
                 full.update(row)
-                full["backend"] = backend
+                full["backend"], full["kernels"] = backend, kernels
                 if full["error"] is None:
                     full["forward_fraction_of_peak"] = full["forward_gflops"] / peak["gflops"]
                     full["train_fraction_of_peak"] = full["train_gflops"] / peak["gflops"]
@@ -486,7 +512,7 @@ def _large_map_rows(config, say):
             say(f"[bench] {backend} one {config.large_map_size}x{config.large_map_size} map in "
                 f"{config.large_map_tile}-pixel tiles ...", flush=True)  # fmt: skip
             output = _run_worker(backend, "large_map", config)
-            output["backend"] = backend
+            output["backend"], output["kernels"] = backend, _kernels(backend, config)
             output.setdefault("size", int(config.large_map_size))
             output.setdefault("error", None)
             rows.append(output)
@@ -523,6 +549,7 @@ def run_bench(config=None, *, json_path=None, verbose=True, **settings):
         "sizes": c.sizes,
         "repeats": int(c.repeats),
         "backends": c.backends,
+        "tensorflow_kernels": c.tensorflow_kernels,
         "batch_size": int(c.batch_size),
         "sampler": c.sampler,
         "sampling_steps": int(c.sampling_steps),

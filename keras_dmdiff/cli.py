@@ -343,6 +343,8 @@ def _add_bench(subparsers):
     parser.add_argument("--repeats", type=int, default=d.repeats)
     parser.add_argument("--json", dest="json_path", help="also write the table as JSON here")
     parser.add_argument("--backends", default=listed(d.backends), help="comma-separated Keras backends")
+    parser.add_argument("--tensorflow-kernels", default=listed(d.tensorflow_kernels),
+                        help="TensorFlow's CPU kernels to time: onednn and/or eigen")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="maps per training step and sampler call")
     parser.add_argument("--sampler", default=d.sampler, help="sampler of the sampling-throughput column")
     parser.add_argument("--sampling-steps", type=int, default=d.sampling_steps, help="its number of steps")
@@ -401,6 +403,7 @@ def _run_bench(args):
         sizes=split(args.sizes, int),
         repeats=args.repeats,
         backends=split(args.backends),
+        tensorflow_kernels=split(args.tensorflow_kernels),
         batch_size=args.batch_size,
         quality_model=args.quality_model,
         quality_data=args.quality_data,

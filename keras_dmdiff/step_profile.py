@@ -25,8 +25,9 @@ import numpy as np
 
 # TensorFlow op types -> the classes of the table, in its order.
 OP_CLASSES = {
+    # oneDNN's names (_Mkl*) and Eigen's, which TensorFlow runs with TF_ENABLE_ONEDNN_OPTS=0.
     "convolution forward": ("_MklNativeFusedConv2D", "_MklNativeConv2D", "_MklFusedConv2D", "Conv2D",
-                            "_MklNativeConv2DWithBias"),
+                            "_MklNativeConv2DWithBias", "_FusedConv2D"),
     # Conv2DTranspose (the upsampling) runs as a backprop-input op forward too.
     "convolution gradient (input), transposed convolutions": ("_MklNativeConv2DBackpropInput", "Conv2DBackpropInput"),
     "convolution gradient (filter)": ("_MklNativeConv2DBackpropFilterWithBias", "_MklNativeConv2DBackpropFilter",

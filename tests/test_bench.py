@@ -66,6 +66,7 @@ def test_run_bench_table_has_every_field_and_json_round_trips(tmp_path, capsys):
         sizes=(16,),
         repeats=2,
         backends=(BACKEND,),
+        tensorflow_kernels=("onednn",),
         batch_size=2,
         json_path=path,
         sampling_steps=2,
@@ -75,7 +76,8 @@ def test_run_bench_table_has_every_field_and_json_round_trips(tmp_path, capsys):
         large_map_margin=8,
     )
     printed = capsys.readouterr().out
-    assert [(row["backend"], row["size"]) for row in result["rows"]] == [(BACKEND, 16)]
+    kernels = "onednn" if BACKEND == "tensorflow" else BACKEND
+    assert [(row["backend"], row["kernels"], row["size"]) for row in result["rows"]] == [(BACKEND, kernels, 16)]
     for row in result["rows"]:
         assert set(row) == set(bench.ROW_FIELDS)
         assert row["error"] is None, row["error"]
@@ -97,9 +99,33 @@ def test_run_bench_table_has_every_field_and_json_round_trips(tmp_path, capsys):
     assert bench.load_bench_json(path) == result
     assert json.loads(json.dumps(result)) == result
     table = bench.format_table(result)
-    assert "GFLOP/s" in table and f"| {BACKEND} | 16 |" in table
+    assert "GFLOP/s" in table and f"| {BACKEND} | {kernels} | 16 |" in table
     assert f"| {BACKEND} | 64 |" in table and "32 + 2x8" in table
     assert table in printed
+
+
+@pytest.mark.backend_independent
+def test_each_tensorflow_kernel_choice_is_timed_in_a_worker_of_its_own(monkeypatch):
+    # The workers' environments, not their timings: each TensorFlow kernel choice
+    # reaches its worker as TF_ENABLE_ONEDNN_OPTS, and JAX's worker is left alone.
+    seen = []
+
+    def fake_run(command, env, **kwargs):
+        seen.append((env["KERAS_BACKEND"], env.get("TF_ENABLE_ONEDNN_OPTS")))
+        row = {"size": 16, "error": None, "forward_gflops": 1.0, "train_gflops": 2.0}
+        stdout = bench._JSON_PREFIX + json.dumps({"rows": [row]})
+        return type("Completed", (), {"stdout": stdout, "stderr": "", "returncode": 0})()
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    config = bench.BenchConfig(sizes=[16], backends=["tensorflow", "jax"], tensorflow_kernels=["onednn", "eigen"])
+    rows = bench._speed_rows(config, {"gflops": 4.0}, lambda *a, **k: None)
+    assert seen == [("tensorflow", "1"), ("tensorflow", "0"), ("jax", None)]
+    assert [(row["backend"], row["kernels"]) for row in rows] == [
+        ("tensorflow", "onednn"), ("tensorflow", "eigen"), ("jax", "jax")]
+    assert [row["train_fraction_of_peak"] for row in rows] == [0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match="tensorflow_kernels.*mkl"):
+        bench.BenchConfig(tensorflow_kernels=["mkl"])
 
 
 def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
