@@ -37,14 +37,12 @@ def _mean_network_facts(train_dir, config):
     """The residual mode's regression U-Net: its steps, size and wall time (empty otherwise).
 
     A run started from `init_model` kept that model's mean network: its facts
-    are those of the initial model's card, where one lies beside it.
+    are those of the initial model (its card, or its own training run's).
     """
     if not config.get("residual"):
         return {}
     if config.get("init_model"):
-        shipped = pathlib.Path(config["init_model"]).parent / "metrics.json"
-        facts = json.loads(shipped.read_text()).get("training", {}) if shipped.exists() else {}
-        return {"mean_network": facts.get("mean_network", {"steps": None})}
+        return {"mean_network": _model_origin(config["init_model"])["mean_network"]}
     done = json.loads((train_dir / "mean" / "done.json").read_text())
     history = _read_history(train_dir / "mean" / "history.csv")
     return {
@@ -74,30 +72,55 @@ def _hardware():
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
 
 
-def _teacher_facts(teacher):
-    """A teacher's (or a fine-tuned run's initial model's) name and the wall time that trained it.
+def _model_origin(path):
+    """What trained the `.keras` model at `path`: its name, wall time and mean network.
 
-    The time includes its mean network's and, for a fine-tuned model, its own
-    initial model's; None if unknown. A shipped model's metrics.json (its name
-    and training) or a training run's history.csv beside the `.keras` file say
-    it; otherwise the name is the path and the time unknown.
+    A shipped model's metrics.json beside the file says it; a training run's
+    folder is read like a card's (config.json, histories), following its own
+    `init_model` back, so the time of a fine-tuned model includes every model
+    it started from and its mean network's. Otherwise the name is the path and
+    the rest unknown.
+
+    Returns:
+        dict: "name", "wall_time_s" (None if unknown) and "mean_network"
+        (a dict, {"steps": None} if unknown).
     """
     from keras_dmdiff.training import total_wall_time
 
-    folder = pathlib.Path(teacher).parent
-    name, parts = str(teacher), []
+    folder = pathlib.Path(path).parent
+    origin = {"name": str(path), "wall_time_s": None, "mean_network": {"steps": None}}
+    parts = []
     if (folder / "metrics.json").exists():
         shipped = json.loads((folder / "metrics.json").read_text())
-        name = shipped.get("name") or name
         training = shipped.get("training", {})
+        origin.update(name=shipped.get("name") or origin["name"],
+                      mean_network=training.get("mean_network", origin["mean_network"]))
         parts = [training.get("wall_time_s"), training.get("mean_network", {}).get("wall_time_s"),
                  training.get("initial_model", {}).get("training_wall_time_s")]
     elif (folder / "history.csv").exists():
         parts = [total_wall_time(folder / "history.csv")[0]]
-        if (folder / "mean" / "history.csv").exists():
+        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+        if config.get("init_model"):
+            initial = _model_origin(config["init_model"])
+            parts.append(initial["wall_time_s"])
+            origin["mean_network"] = initial["mean_network"]
+        elif (folder / "mean" / "history.csv").exists():
             parts.append(total_wall_time(folder / "mean" / "history.csv")[0])
+            if (folder / "mean" / "done.json").exists() and config:
+                origin["mean_network"] = _mean_network_facts(folder, config)["mean_network"]
     parts = [part for part in parts if part is not None]
-    return name, (round(sum(parts), 1) if parts else None)
+    origin["wall_time_s"] = round(sum(parts), 1) if parts else None
+    return origin
+
+
+def _teacher_facts(teacher):
+    """A teacher's (or a fine-tuned run's initial model's) name and the wall time that trained it.
+
+    The time includes its mean network's and, for a fine-tuned model, its own
+    initial models'; None if unknown (see `_model_origin`).
+    """
+    origin = _model_origin(teacher)
+    return origin["name"], origin["wall_time_s"]
 
 
 def _distillation_facts(distill_dir, config, student_steps):

@@ -114,3 +114,27 @@ def test_a_fine_tuned_runs_card_names_its_initial_model_and_keeps_its_mean_netwo
     assert training["mean_network"] == mean
     assert training["initial_model"] == {"name": "tng", "training_wall_time_s": 200.0}
     assert training["wall_time_s"] == 40.5
+
+
+def test_a_second_fine_tuning_round_follows_its_initial_run_back_to_the_shipped_model(tmp_path):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    mean = {"steps": 3000, "parameters": 900, "wall_time_s": 50.0}
+    (shipped / "metrics.json").write_text(json.dumps({"name": "tng", "training": {"wall_time_s": 150.0,
+                                                                                  "mean_network": mean}}))
+    write_run(tmp_path / "run", residual=True)
+    # Round 1 started from the shipped model; round 2 (train_2) from round 1's run folder.
+    round_1 = tmp_path / "run" / "train" / "config.json"
+    round_1.write_text(json.dumps(dict(json.loads(round_1.read_text()), init_model=str(shipped / "model.keras"))))
+    (tmp_path / "run" / "train_2").mkdir()
+    for name in ("config.json", "done.json", "history.csv"):
+        (tmp_path / "run" / "train_2" / name).write_bytes((tmp_path / "run" / "train" / name).read_bytes())
+    round_2 = tmp_path / "run" / "train_2" / "config.json"
+    round_2.write_text(json.dumps(dict(json.loads(round_2.read_text()),
+                                       init_model=str(tmp_path / "run" / "train" / "model.keras"))))
+    training = collect_card(tmp_path / "run", train="train_2")["training"]
+    assert training["mean_network"] == mean
+    # Round 1's own 40.5 s, then the shipped model's 150 s and its mean network's 50 s.
+    assert training["initial_model"]["training_wall_time_s"] == 40.5 + 150.0 + 50.0
+    assert training["initial_model"]["name"].endswith("train/model.keras")
+    assert training["wall_time_s"] == 40.5
