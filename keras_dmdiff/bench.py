@@ -402,7 +402,8 @@ def _quality_header(quality):
         coupling += "; random shifts " + ("on" if quality["random_shifts"] else "off")
     lines = [
         "",
-        f"Reference: {ref['sampler']} with {ref['num_steps']} steps ({ref['seconds']:.1f} s); "
+        f"Reference: {ref['sampler']} with {ref['num_steps']} steps ({ref['seconds']:.1f} s, "
+        f"{quality['num_maps'] * quality['num_samples'] / ref['seconds']:.3g} samples/s); "
         f"{quality['num_maps']} maps x {quality['num_samples']} samples; k < {quality['k_max']:g} h/Mpc; "
         f"{coupling}; reference mean P ratio {_fmt(ref.get('mean_power_ratio'), '.3f')}, "
         f"P-ratio error vs truth {_fmt(ref['power_ratio_error_vs_truth'], '.3f')}, "
@@ -438,11 +439,12 @@ def _quality_section(quality):
         return lines + [f"error: {quality['error']}"]
     lines += _quality_header(quality) + [
         "",
-        "| sampler | steps | evals | coupling | s | mean P ratio / ref - 1 | P-ratio err vs ref (per k) "
-        "| P-ratio err vs truth | r(k) of mean | r - r_ref | PDF dist vs ref | PDF dist vs truth | coverage "
-        "| largest cov diff (pts) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sampler | steps | evals | coupling | s | samples/s | x ref | mean P ratio / ref - 1 "
+        "| P-ratio err vs ref (per k) | P-ratio err vs truth | r(k) of mean | r - r_ref | PDF dist vs ref "
+        "| PDF dist vs truth | coverage | largest cov diff (pts) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    samples = quality["num_maps"] * quality["num_samples"]
     for row in quality["rows"]:
         if row.get("error"):
             lines.append(f"| {row['sampler']} | {row['num_steps']} | error: {row['error']} |")
@@ -454,7 +456,8 @@ def _quality_section(quality):
             check += f" (eta {row['eta']:g})"
         lines.append(_row([
             f"{row['sampler']}{check}", str(row["num_steps"]), str(row["network_evaluations"]),
-            str(row.get("coupling", "-")), f"{row['seconds']:.2f}",
+            str(row.get("coupling", "-")), f"{row['seconds']:.2f}", _fmt(samples / row["seconds"], ".3g"),
+            _fmt(quality["reference"]["seconds"] / row["seconds"], ".1f"),
             f"{_fmt(row.get('mean_power_ratio_difference'), '+.4f')} "
             f"+- {_fmt(row.get('mean_power_ratio_difference_se'), '.4f')}",
             _fmt(row["power_ratio_error_vs_reference"], ".4f"), _fmt(row["power_ratio_error_vs_truth"], ".4f"),

@@ -187,6 +187,10 @@ def test_quality_against_steps_on_a_tiny_untrained_model(tmp_path, capsys):
     assert "| ancestral (convergence check) | 8 |" in table and "one grid of 8 steps" in table
     assert "| ddim (eta 1) | 4 |" in table
     assert "Noise floor" in table
+    # Throughput beside quality: 2 maps x 2 samples over each row's wall time, and the reference's time over it.
+    first = quality["rows"][0]
+    speed_cells = f"| {first['seconds']:.2f} | {4 / first['seconds']:.3g} | {quality['reference']['seconds'] / first['seconds']:.1f} |"
+    assert speed_cells in table
 
 
 def test_quality_needs_two_samples_and_both_inputs():
