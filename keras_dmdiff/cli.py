@@ -324,26 +324,33 @@ def _run_export(args):
     print(f"SavedModel: {args.out}")
 
 
+def _listed(values):
+    return ",".join(map(str, values))
+
+
 def _add_bench(subparsers):
     from keras_dmdiff.bench import BenchConfig
 
-    d = BenchConfig()
-
-    def listed(values):
-        return ",".join(map(str, values))
-
+    defaults = BenchConfig()
     parser = subparsers.add_parser(
         "bench",
         help="speed and memory benchmark table",
         description="Measure training and sampling throughput and peak memory at several map sizes, with "
         "the machine's float32 matmul peak measured in the same run (keras_dmdiff.bench.BenchConfig).",
     )
+    _add_bench_speed_arguments(parser, defaults)
+    _add_bench_quality_arguments(parser.add_argument_group("sampler quality against steps"), defaults)
+    _add_bench_large_map_arguments(parser.add_argument_group("one large map's peak memory"), defaults)
+    parser.set_defaults(func=_run_bench)
+
+
+def _add_bench_speed_arguments(parser, d):
     parser.add_argument("--preset", default=d.preset, help="network preset")
-    parser.add_argument("--sizes", default=listed(d.sizes), help="comma-separated map sizes")
+    parser.add_argument("--sizes", default=_listed(d.sizes), help="comma-separated map sizes")
     parser.add_argument("--repeats", type=int, default=d.repeats)
     parser.add_argument("--json", dest="json_path", help="also write the table as JSON here")
-    parser.add_argument("--backends", default=listed(d.backends), help="comma-separated Keras backends")
-    parser.add_argument("--tensorflow-kernels", default=listed(d.tensorflow_kernels),
+    parser.add_argument("--backends", default=_listed(d.backends), help="comma-separated Keras backends")
+    parser.add_argument("--tensorflow-kernels", default=_listed(d.tensorflow_kernels),
                         help="TensorFlow's CPU kernels to time: onednn and/or eigen")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="maps per training step and sampler call")
     parser.add_argument("--sampler", default=d.sampler, help="sampler of the sampling-throughput column")
@@ -352,44 +359,45 @@ def _add_bench(subparsers):
     parser.add_argument(
         "--one-process", action="store_true", help="one worker per backend instead of one per size (faster)"
     )
-    parser.add_argument("--quality-model", help=".keras model: also measure quality against steps")
-    parser.add_argument("--quality-data", help="held-out maps: .npz (stellar_mass, dark_matter) or a CMD folder")
-    parser.add_argument("--quality-set", default=d.quality_set, help="CMD set read from a --quality-data folder")
-    parser.add_argument(
-        "--quality-suite", default=d.quality_suite, help="CMD suite read from a --quality-data folder"
-    )
-    parser.add_argument("--samplers", default=listed(d.samplers), help="samplers of the quality table")
-    parser.add_argument("--quality-steps", default=listed(d.quality_steps), help="step counts of the quality table")
-    parser.add_argument("--reference-steps", type=int, default=d.reference_steps, help="steps of the ancestral reference")
-    parser.add_argument(
+
+
+def _add_bench_quality_arguments(group, d):
+    group.add_argument("--quality-model", help=".keras model: also measure quality against steps")
+    group.add_argument("--quality-data", help="held-out maps: .npz (stellar_mass, dark_matter) or a CMD folder")
+    group.add_argument("--quality-set", default=d.quality_set, help="CMD set read from a --quality-data folder")
+    group.add_argument("--quality-suite", default=d.quality_suite, help="CMD suite read from a --quality-data folder")
+    group.add_argument("--samplers", default=_listed(d.samplers), help="samplers of the quality table")
+    group.add_argument("--quality-steps", default=_listed(d.quality_steps), help="step counts of the quality table")
+    group.add_argument("--reference-steps", type=int, default=d.reference_steps, help="steps of the ancestral reference")
+    group.add_argument(
         "--converged-steps", type=int, help="also run the reference sampler with this many steps (its own error)"
     )
-    parser.add_argument(
+    group.add_argument(
         "--independent-noise", action="store_true", help="draw each quality row with its own noise (not coupled)"
     )
-    parser.add_argument(
-        "--no-noise-floor", action="store_true", help="skip redrawing the reference with another seed"
-    )
-    parser.add_argument(
+    group.add_argument("--no-noise-floor", action="store_true", help="skip redrawing the reference with another seed")
+    group.add_argument(
         "--quality-random-shifts",
         action=argparse.BooleanOptionalAction,
         default=d.quality_random_shifts,
         help="sample the quality table with (or without) random shifts (default: model.sample's default)",
     )
-    parser.add_argument(
-        "--ddim-etas", default=listed(d.quality_ddim_etas),
+    group.add_argument(
+        "--ddim-etas", default=_listed(d.quality_ddim_etas),
         help="also quality rows of stochastic DDIM with these comma-separated eta",
     )
-    parser.add_argument("--quality-samples", type=int, default=d.quality_samples, help="posterior samples per held-out map")
-    parser.add_argument("--quality-maps", type=int, default=d.quality_maps, help="held-out maps used")
-    parser.add_argument("--quality-crop", type=int, default=d.quality_crop, help="crop held-out maps to this size")
-    parser.add_argument(
+    group.add_argument("--quality-samples", type=int, default=d.quality_samples, help="posterior samples per held-out map")
+    group.add_argument("--quality-maps", type=int, default=d.quality_maps, help="held-out maps used")
+    group.add_argument("--quality-crop", type=int, default=d.quality_crop, help="crop held-out maps to this size")
+
+
+def _add_bench_large_map_arguments(group, d):
+    group.add_argument(
         "--large-map-size", type=int, default=d.large_map_size,
         help="one map this large sampled in tiles for its peak memory (0: skip)",
     )
-    parser.add_argument("--large-map-tile", type=int, default=d.large_map_tile, help="its tile cores")
-    parser.add_argument("--large-map-margin", type=int, default=d.large_map_margin, help="context pixels around each tile")
-    parser.set_defaults(func=_run_bench)
+    group.add_argument("--large-map-tile", type=int, default=d.large_map_tile, help="its tile cores")
+    group.add_argument("--large-map-margin", type=int, default=d.large_map_margin, help="context pixels around each tile")
 
 
 def _run_bench(args):

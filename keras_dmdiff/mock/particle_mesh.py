@@ -256,6 +256,41 @@ def _acceleration(pos, n, extra_density=False):
     return acc, rho, mesh
 
 
+def _kick_drift_kick(pos, mom, a0, omega_m, num_steps, n):
+    """FastPM KDK steps, linear in a from `a0` to 1 (positions in mesh units).
+
+    `pos` and the momenta `mom` (p = a^3 E dx/da) are updated in place.
+    Returns the final positions (in [0, n)), the local 1+delta at each
+    particle and the final CIC mesh.
+    """
+    a_grid = np.linspace(a0, 1.0, num_steps + 1)
+    a_half = 0.5 * (a_grid[1:] + a_grid[:-1])
+    a_all = np.concatenate([a_grid, a_half])
+    d_all = cosmology.growth_factor(a_all, omega_m)
+    f_all = cosmology.growth_rate(a_all, omega_m)
+    # F(a) = a^3 E dD/da = a^2 E f D.
+    big_f = a_all**2 * cosmology.hubble_e(a_all, omega_m) * f_all * d_all
+    d_of = dict(zip(a_all.round(12), d_all))
+    f_of = dict(zip(a_all.round(12), big_f))
+
+    def dfac(a):
+        return d_of[round(float(a), 12)]
+
+    def ffac(a):
+        return f_of[round(float(a), 12)]
+
+    acc, _, _ = _acceleration(pos, n)
+    for i in range(num_steps):
+        ai, af, ah = a_grid[i], a_grid[i + 1], a_half[i]
+        mom += acc * np.float32((ffac(ah) - ffac(ai)) / dfac(ai))
+        pos += mom * np.float32((dfac(af) - dfac(ai)) / ffac(ah))
+        pos %= n
+        last = i == num_steps - 1
+        acc, rho, mesh = _acceleration(pos, n, extra_density=last)
+        mom += acc * np.float32((ffac(af) - ffac(ah)) / dfac(af))
+    return pos, rho, mesh
+
+
 def run_simulation(
     omega_m,
     sigma8,
@@ -315,33 +350,8 @@ def run_simulation(
         mom = (a0**2 * e0) * (np.float32(f1 * d1) * psi1 + np.float32(f2 * d2) * psi2)
         mom = mom.astype(np.float32)
         del psi1, psi2, q
-
-        a_grid = np.linspace(a0, 1.0, num_steps + 1)
-        a_half = 0.5 * (a_grid[1:] + a_grid[:-1])
-        a_all = np.concatenate([a_grid, a_half])
-        d_all = cosmology.growth_factor(a_all, omega_m)
-        f_all = cosmology.growth_rate(a_all, omega_m)
-        # F(a) = a^3 E dD/da = a^2 E f D.
-        big_f = a_all**2 * cosmology.hubble_e(a_all, omega_m) * f_all * d_all
-        d_of = dict(zip(a_all.round(12), d_all))
-        f_of = dict(zip(a_all.round(12), big_f))
-
-        def dfac(a):
-            return d_of[round(float(a), 12)]
-
-        def ffac(a):
-            return f_of[round(float(a), 12)]
-
-        acc, _, _ = _acceleration(pos, n)
-        for i in range(num_steps):
-            ai, af, ah = a_grid[i], a_grid[i + 1], a_half[i]
-            mom += acc * np.float32((ffac(ah) - ffac(ai)) / dfac(ai))
-            pos += mom * np.float32((dfac(af) - dfac(ai)) / ffac(ah))
-            pos %= n
-            last = i == num_steps - 1
-            acc, rho, mesh = _acceleration(pos, n, extra_density=last)
-            mom += acc * np.float32((ffac(af) - ffac(ah)) / dfac(af))
-        del mom, acc
+        pos, rho, mesh = _kick_drift_kick(pos, mom, a0, omega_m, num_steps, n)
+        del mom
     else:
         del psi1, psi2, q
         pos %= n

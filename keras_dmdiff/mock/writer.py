@@ -146,6 +146,23 @@ class _Progress:
             self.bar.close()
 
 
+def _shard_config(suite, set_name, settings, seed):
+    """What a shard's maps depend on: a shard or manifest written with another one is stale."""
+    return {
+        "version": _SHARD_VERSION,
+        "suite": suite,
+        "set_name": set_name,
+        "grid_size": int(settings.grid_size),
+        "map_size": int(settings.map_size),
+        "box_size": float(settings.box_size),
+        "num_steps": int(settings.num_steps),
+        "seed": int(seed),
+        "slab_thickness": None if settings.slab_thickness is None else float(settings.slab_thickness),
+        "slabs_per_axis": None if settings.slabs_per_axis is None else int(settings.slabs_per_axis),
+        "suite_constants": _suite_constants(suite),  # recalibrated constants: new maps
+    }
+
+
 def write_cmd_files(
     out_dir,
     suite,
@@ -199,19 +216,7 @@ def write_cmd_files(
     out_dir = pathlib.Path(out_dir)
     work = out_dir / ".mock_work" / f"{suite}_{set_name}"
     work.mkdir(parents=True, exist_ok=True)
-    config = {
-        "version": _SHARD_VERSION,
-        "suite": suite,
-        "set_name": set_name,
-        "grid_size": int(c.grid_size),
-        "map_size": int(c.map_size),
-        "box_size": float(c.box_size),
-        "num_steps": int(c.num_steps),
-        "seed": int(seed),
-        "slab_thickness": None if c.slab_thickness is None else float(c.slab_thickness),
-        "slabs_per_axis": None if c.slabs_per_axis is None else int(c.slabs_per_axis),
-        "suite_constants": _suite_constants(suite),  # recalibrated constants: new maps
-    }
+    config = _shard_config(suite, set_name, c, seed)
     names = cmd_file_names(suite, set_name, field_names)
     manifest_path = out_dir / f".mock_{suite}_{set_name}.json"
     manifest = dict(config, num_sims=num_sims, field_names=list(field_names))
