@@ -59,6 +59,7 @@ from keras_dmdiff.map_checks import validate_maps
 from keras_dmdiff.posterior import PosteriorSampler, SamplingOptions, load_keras_file, load_posterior
 from keras_dmdiff.posterior_metrics import MeasurePlan, MeasureSettings, measure
 from keras_dmdiff.sample_store import SampleStore
+from keras_dmdiff.stats._checks import check_box_size
 
 DIFFUSION = "diffusion"
 STELLAR_TRACER = "stellar_tracer"
@@ -406,14 +407,8 @@ def evaluate(
     import tempfile
 
     settings = EvaluationSettings() if settings is None else settings
-    box_size = float(box_size)
-    if not (math.isfinite(box_size) and box_size > 0):
-        raise ValueError(f"`box_size` must be > 0 (Mpc/h), got {box_size}.")
-    if not isinstance(posterior, PosteriorSampler):
-        raise TypeError(
-            f"Expected a PosteriorSampler (a VariationalDiffusion, a loaded SavedModel or a "
-            f"keras_dmdiff.posterior.PosteriorFunction); got {type(posterior).__name__}."
-        )
+    box_size = check_box_size(box_size)
+    _check_posterior(posterior)
     options = posterior.resolve_options(settings.options)
     stars, dm = collect_maps(dataset_batches, settings.max_maps)
     if not isinstance(baselines, Baselines):
@@ -455,6 +450,14 @@ def evaluate(
     if temporary is not None:
         temporary.cleanup()
     return metrics
+
+
+def _check_posterior(posterior):
+    if not isinstance(posterior, PosteriorSampler):
+        raise TypeError(
+            f"Expected a PosteriorSampler (a VariationalDiffusion, a loaded SavedModel or a "
+            f"keras_dmdiff.posterior.PosteriorFunction); got {type(posterior).__name__}."
+        )
 
 
 def _settings_record(settings, options, box_size, shape):
