@@ -500,6 +500,30 @@ def _train_mean_network(config, run_dir, transform, verbose, deadline):
     return keras.saving.load_model(final_path, compile=False)
 
 
+def _fit_callbacks(model, config, run_dir, checkpoint, deadline):
+    """`fit_resumably`'s callbacks, in the order they must run, and its wall-time limit (or None)."""
+    callbacks = [
+        checkpoint,  # first: it saves the raw weights, before the EMA ones are swapped in
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if config.ema_momentum is not None:
+        # Validate and measure with the EMA weights, train with the raw ones.
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    if config.science.every_epochs and isinstance(model, VariationalDiffusion):
+        callbacks.append(_posterior_monitor(config, run_dir))
+    callbacks += [
+        EpochTimer(),  # after the monitor, so its sampling counts in the epoch's time
+        ResumableCSVLogger(run_dir / "history.csv"),
+        keras.callbacks.TensorBoard(os.fspath(run_dir / "logs"), update_freq="epoch", write_graph=False),
+    ]
+    limit = None
+    if deadline is not None:
+        # Last, so that it runs after the checkpoint of the epoch it stops at.
+        limit = WallTimeLimit(deadline)
+        callbacks.append(limit)
+    return callbacks, limit
+
+
 def fit_resumably(model, config, run_dir, steps, verbose, deadline=None):
     """Fits `model` for `steps` from its last checkpoint in `run_dir`; saves model.keras and done.json.
 
@@ -533,25 +557,7 @@ def fit_resumably(model, config, run_dir, steps, verbose, deadline=None):
     # run sees the same crops as an uninterrupted one.
     train_data = train_data.skip(first_epoch * config.steps_per_epoch)
 
-    callbacks = [
-        checkpoint,  # first: it saves the raw weights, before the EMA ones are swapped in
-        keras.callbacks.TerminateOnNaN(),
-    ]
-    if config.ema_momentum is not None:
-        # Validate and measure with the EMA weights, train with the raw ones.
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    if config.science.every_epochs and isinstance(model, VariationalDiffusion):
-        callbacks.append(_posterior_monitor(config, run_dir))
-    callbacks += [
-        EpochTimer(),  # after the monitor, so its sampling counts in the epoch's time
-        ResumableCSVLogger(run_dir / "history.csv"),
-        keras.callbacks.TensorBoard(os.fspath(run_dir / "logs"), update_freq="epoch", write_graph=False),
-    ]
-    limit = None
-    if deadline is not None:
-        # Last, so that it runs after the checkpoint of the epoch it stops at.
-        limit = WallTimeLimit(deadline)
-        callbacks.append(limit)
+    callbacks, limit = _fit_callbacks(model, config, run_dir, checkpoint, deadline)
 
     start = time.time()
     history = model.fit(
