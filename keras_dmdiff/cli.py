@@ -363,12 +363,18 @@ def _add_bench_speed_arguments(parser, d):
 
 def _add_bench_quality_arguments(group, d):
     group.add_argument("--quality-model", help=".keras model: also measure quality against steps")
+    group.add_argument("--quality-students", default=_listed(d.quality_students),
+                       help="comma-separated .keras students distilled from --quality-model, measured beside it")  # fmt: skip
+    group.add_argument("--quality-backend", default=d.quality_backend, help="backend of the quality worker")
+    group.add_argument("--quality-batch-size", type=int, default=d.quality_batch_size,
+                       help="maps per network call while sampling for quality")  # fmt: skip
     group.add_argument("--quality-data", help="held-out maps: .npz (stellar_mass, dark_matter) or a CMD folder")
     group.add_argument("--quality-set", default=d.quality_set, help="CMD set read from a --quality-data folder")
     group.add_argument("--quality-suite", default=d.quality_suite, help="CMD suite read from a --quality-data folder")
     group.add_argument("--samplers", default=_listed(d.samplers), help="samplers of the quality table")
     group.add_argument("--quality-steps", default=_listed(d.quality_steps), help="step counts of the quality table")
-    group.add_argument("--reference-steps", type=int, default=d.reference_steps, help="steps of the ancestral reference")
+    group.add_argument("--reference-steps", type=int, default=d.reference_steps, help="steps of the reference sampler")
+    group.add_argument("--reference-sampler", default=d.reference_sampler, help="sampler of the quality reference")
     group.add_argument(
         "--converged-steps", type=int, help="also run the reference sampler with this many steps (its own error)"
     )
@@ -401,12 +407,18 @@ def _add_bench_large_map_arguments(group, d):
 
 
 def _run_bench(args):
-    from keras_dmdiff.bench import BenchConfig, run_bench
+    from keras_dmdiff.bench import run_bench
+
+    run_bench(_bench_config(args), json_path=args.json_path)
+
+
+def _bench_config(args):
+    from keras_dmdiff.bench import BenchConfig
 
     def split(text, kind=str):
         return [kind(item) for item in text.split(",") if item]
 
-    config = BenchConfig(
+    return BenchConfig(
         preset=args.preset,
         sizes=split(args.sizes, int),
         repeats=args.repeats,
@@ -414,6 +426,10 @@ def _run_bench(args):
         tensorflow_kernels=split(args.tensorflow_kernels),
         batch_size=args.batch_size,
         quality_model=args.quality_model,
+        quality_students=split(args.quality_students),
+        quality_backend=args.quality_backend,
+        quality_batch_size=args.quality_batch_size,
+        reference_sampler=args.reference_sampler,
         quality_data=args.quality_data,
         sampler=args.sampler,
         sampling_steps=args.sampling_steps,
@@ -436,7 +452,6 @@ def _run_bench(args):
         large_map_tile=args.large_map_tile,
         large_map_margin=args.large_map_margin,
     )
-    run_bench(config, json_path=args.json_path)
 
 
 def build_parser():

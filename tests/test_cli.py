@@ -219,3 +219,16 @@ def test_flag_defaults_are_the_functions_defaults():
     args = parser.parse_args(["evaluate", "--model", "m.keras", "--out", "o"])
     assert (args.dataset, args.split, args.max_maps) == (
         evaluate_defaults["dataset"], evaluate_defaults["split"], evaluate_defaults["max_maps"])
+
+
+def test_bench_flags_build_the_bench_config_with_its_defaults():
+    from keras_dmdiff.bench import BenchConfig
+
+    parser = cli.build_parser()
+    assert cli._bench_config(parser.parse_args(["bench"])) == BenchConfig()
+    args = parser.parse_args(["bench", "--sizes", "", "--quality-model", "t.keras", "--quality-data", "maps.npz",
+                              "--quality-students", "s8.keras,s4.keras", "--reference-sampler", "ddim",
+                              "--quality-batch-size", "4", "--quality-crop", "128"])  # fmt: skip
+    config = cli._bench_config(args)
+    assert config.sizes == [] and config.quality_students == ["s8.keras", "s4.keras"]
+    assert (config.reference_sampler, config.quality_batch_size, config.quality_crop) == ("ddim", 4, 128)
