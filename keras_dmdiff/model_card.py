@@ -73,43 +73,51 @@ def _hardware():
 
 
 def _model_origin(path):
-    """What trained the `.keras` model at `path`: its name, wall time and mean network.
+    """What trained the `.keras` model at `path`: its name, steps, wall time and mean network.
 
     A shipped model's metrics.json beside the file says it; a training run's
     folder is read like a card's (config.json, histories), following its own
-    `init_model` back, so the time of a fine-tuned model includes every model
-    it started from and its mean network's. Otherwise the name is the path and
-    the rest unknown.
+    `init_model` back, so the steps and time of a fine-tuned model include
+    every model it started from (and the time its mean network's). Otherwise
+    the name is the path and the rest unknown.
 
     Returns:
-        dict: "name", "wall_time_s" (None if unknown) and "mean_network"
-        (a dict, {"steps": None} if unknown).
+        dict: "name", "steps" (the diffusion network's optimiser steps, None
+        if unknown), "wall_time_s" (None if unknown) and "mean_network" (a
+        dict, {"steps": None} if unknown).
     """
     from keras_dmdiff.training import total_wall_time
 
     folder = pathlib.Path(path).parent
-    origin = {"name": str(path), "wall_time_s": None, "mean_network": {"steps": None}}
-    parts = []
+    origin = {"name": str(path), "steps": None, "wall_time_s": None, "mean_network": {"steps": None}}
     if (folder / "metrics.json").exists():
         shipped = json.loads((folder / "metrics.json").read_text())
         training = shipped.get("training", {})
         origin.update(name=shipped.get("name") or origin["name"],
                       mean_network=training.get("mean_network", origin["mean_network"]))
-        parts = [training.get("wall_time_s"), training.get("mean_network", {}).get("wall_time_s"),
-                 training.get("initial_model", {}).get("training_wall_time_s")]
+        if "total_wall_time_s" in training:
+            return dict(origin, steps=training.get("total_steps"), wall_time_s=training["total_wall_time_s"])
+        # A card from before the totals: no initial model, so its own time and its mean network's.
+        parts = [training.get("wall_time_s"), training.get("mean_network", {}).get("wall_time_s")]
+        steps = [training.get("steps")]
     elif (folder / "history.csv").exists():
         parts = [total_wall_time(folder / "history.csv")[0]]
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+        steps = [config.get("steps")]
         if config.get("init_model"):
             initial = _model_origin(config["init_model"])
             parts.append(initial["wall_time_s"])
+            steps.append(initial["steps"])
             origin["mean_network"] = initial["mean_network"]
-        elif (folder / "mean" / "history.csv").exists():
+        elif config.get("residual") and (folder / "mean" / "history.csv").exists():
             parts.append(total_wall_time(folder / "mean" / "history.csv")[0])
-            if (folder / "mean" / "done.json").exists() and config:
+            if (folder / "mean" / "done.json").exists():
                 origin["mean_network"] = _mean_network_facts(folder, config)["mean_network"]
+    else:
+        return origin
     parts = [part for part in parts if part is not None]
     origin["wall_time_s"] = round(sum(parts), 1) if parts else None
+    origin["steps"] = None if None in steps else int(sum(steps))
     return origin
 
 
@@ -171,16 +179,24 @@ def _training_facts(train_dir, config):
         "backend": done.get("backend"),
         "hardware": _hardware(),
         **_initial_model_facts(config),
+        **_total_facts(train_dir),
         **_mean_network_facts(train_dir, config),
     }
 
 
 def _initial_model_facts(config):
-    """A fine-tuned run's starting model, by name, and the wall time that trained it (empty otherwise)."""
+    """A fine-tuned run's starting model, by name, and the steps and wall time that trained it (empty otherwise)."""
     if not config.get("init_model"):
         return {}
-    name, wall_time = _teacher_facts(config["init_model"])
-    return {"initial_model": {"name": name, "training_wall_time_s": wall_time}}
+    initial = _model_origin(config["init_model"])
+    return {"initial_model": {"name": initial["name"], "training_steps": initial["steps"],
+                              "training_wall_time_s": initial["wall_time_s"]}}
+
+
+def _total_facts(train_dir):
+    """The run's steps and wall time with those of every initial model (and the time of the mean network)."""
+    origin = _model_origin(train_dir / "model.keras")
+    return {"total_steps": origin["steps"], "total_wall_time_s": origin["wall_time_s"]}
 
 
 def collect_card(run_dir, *, train="train", evaluation="evaluate", data_description="", limitations=(),

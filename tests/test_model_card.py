@@ -40,6 +40,8 @@ def test_the_card_names_the_objective_the_elbo_and_the_mean_network(tmp_path):
                                         "final_val_loss": 0.5, "wall_time_s": 3.5,
                                         "epochs_timed": "1 of 1", "wall_time_s_last_session": 7.0}
     assert (training["wall_time_s"], training["epochs_timed"]) == (40.5, "1 of 2")
+    # In all: the diffusion network's 200 steps; its 40.5 s and its mean network's 3.5 s.
+    assert (training["total_steps"], training["total_wall_time_s"]) == (200, 44.0)
     card["name"] = "tiny"
     text = render_card(card)
     assert text.startswith("# tiny") and "- mean_network: steps: 300" in text and "load_posterior" in text
@@ -103,7 +105,7 @@ def test_a_fine_tuned_runs_card_names_its_initial_model_and_keeps_its_mean_netwo
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     mean = {"steps": 3000, "parameters": 900, "wall_time_s": 50.0}
-    (shipped / "metrics.json").write_text(json.dumps({"name": "tng", "training": {"wall_time_s": 150.0,
+    (shipped / "metrics.json").write_text(json.dumps({"name": "tng", "training": {"steps": 2000, "wall_time_s": 150.0,
                                                                                   "mean_network": mean}}))
     write_run(tmp_path / "run", residual=True)
     config_file = tmp_path / "run" / "train" / "config.json"
@@ -112,8 +114,27 @@ def test_a_fine_tuned_runs_card_names_its_initial_model_and_keeps_its_mean_netwo
     training = collect_card(tmp_path / "run")["training"]
     # The run trained no mean network of its own: the card's is the initial model's.
     assert training["mean_network"] == mean
-    assert training["initial_model"] == {"name": "tng", "training_wall_time_s": 200.0}
+    assert training["initial_model"] == {"name": "tng", "training_steps": 2000, "training_wall_time_s": 200.0}
     assert training["wall_time_s"] == 40.5
+    assert (training["total_steps"], training["total_wall_time_s"]) == (2200, 240.5)
+
+
+def test_a_shipped_fine_tuned_model_is_followed_by_its_totals_without_counting_its_mean_network_twice(tmp_path):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    mean = {"steps": 3000, "parameters": 900, "wall_time_s": 50.0}
+    # Its 100 s and 2000 steps, after an initial model of 200 s (mean network included) and 2000 steps.
+    training = {"steps": 2000, "wall_time_s": 100.0, "mean_network": mean, "total_steps": 4000,
+                "total_wall_time_s": 300.0,
+                "initial_model": {"name": "tng", "training_steps": 2000, "training_wall_time_s": 200.0}}
+    (shipped / "metrics.json").write_text(json.dumps({"name": "tng", "training": training}))
+    write_run(tmp_path / "run", residual=True)
+    config_file = tmp_path / "run" / "train" / "config.json"
+    config = dict(json.loads(config_file.read_text()), init_model=str(shipped / "model.keras"), mean_steps=0)
+    config_file.write_text(json.dumps(config))
+    card = collect_card(tmp_path / "run")["training"]
+    assert card["initial_model"] == {"name": "tng", "training_steps": 4000, "training_wall_time_s": 300.0}
+    assert (card["total_steps"], card["total_wall_time_s"]) == (4200, 340.5)
 
 
 def test_a_second_fine_tuning_round_follows_its_initial_run_back_to_the_shipped_model(tmp_path):
