@@ -78,7 +78,7 @@ def _model_origin(path):
     A shipped model's metrics.json beside the file says it; a training run's
     folder is read like a card's (config.json, histories), following its own
     `init_model` back, so the steps and time of a fine-tuned model include
-    every model it started from (and the time its mean network's). Otherwise
+    every model it started from, and the time also its mean network's. Otherwise
     the name is the path and the rest unknown.
 
     Returns:
