@@ -33,26 +33,16 @@ def _float_or_none(value):
     return float(value) if value not in (None, "") else None
 
 
-def _mean_network_facts(train_dir, config):
-    """The residual mode's regression U-Net: its steps, size and wall time (empty otherwise).
-
-    A run started from `init_model` kept that model's mean network: its facts
-    are those of the initial model (its card, or its own training run's).
-    """
-    if not config.get("residual"):
-        return {}
-    if config.get("init_model"):
-        return {"mean_network": _model_origin(config["init_model"])["mean_network"]}
+def _mean_network(train_dir, config):
+    """The residual mode's regression U-Net, trained in `train_dir`: its steps, size and wall time."""
     done = json.loads((train_dir / "mean" / "done.json").read_text())
     history = _read_history(train_dir / "mean" / "history.csv")
     return {
-        "mean_network": {
-            "steps": config["mean_steps"],
-            "objective": config.get("mean_objective", "log_mse"),
-            "parameters": done.get("parameters"),
-            "final_val_loss": _float_or_none(history[-1].get("val_loss")),
-            **_wall_time(train_dir / "mean", done),
-        }
+        "steps": config["mean_steps"],
+        "objective": config.get("mean_objective", "log_mse"),
+        "parameters": done.get("parameters"),
+        "final_val_loss": _float_or_none(history[-1].get("val_loss")),
+        **_wall_time(train_dir / "mean", done),
     }
 
 
@@ -83,8 +73,9 @@ def _model_origin(path):
 
     Returns:
         dict: "name", "steps" (the diffusion network's optimiser steps, None
-        if unknown), "wall_time_s" (None if unknown) and "mean_network" (a
-        dict, {"steps": None} if unknown).
+        if unknown), "wall_time_s" (None if unknown), "mean_network" (a
+        dict, {"steps": None} if unknown) and, for a run started from
+        `init_model`, "initial_model" (that model's origin).
     """
     from keras_dmdiff.training import total_wall_time
 
@@ -108,11 +99,11 @@ def _model_origin(path):
             initial = _model_origin(config["init_model"])
             parts.append(initial["wall_time_s"])
             steps.append(initial["steps"])
-            origin["mean_network"] = initial["mean_network"]
+            origin.update(mean_network=initial["mean_network"], initial_model=initial)
         elif config.get("residual") and (folder / "mean" / "history.csv").exists():
             parts.append(total_wall_time(folder / "mean" / "history.csv")[0])
             if (folder / "mean" / "done.json").exists():
-                origin["mean_network"] = _mean_network_facts(folder, config)["mean_network"]
+                origin["mean_network"] = _mean_network(folder, config)
     else:
         return origin
     parts = [part for part in parts if part is not None]
@@ -163,6 +154,9 @@ def _distillation_facts(distill_dir, config, student_steps):
 def _training_facts(train_dir, config):
     done = json.loads((train_dir / "done.json").read_text())
     last = _read_history(train_dir / "history.csv")[-1]
+    # One reading of the run and of every model it started from feeds the initial model, the totals and
+    # the mean network (a fine-tuned run kept its initial model's).
+    origin = _model_origin(train_dir / "model.keras")
     return {
         "preset": config["preset"],
         "parameters": done.get("parameters"),
@@ -178,25 +172,21 @@ def _training_facts(train_dir, config):
         **_wall_time(train_dir, done),
         "backend": done.get("backend"),
         "hardware": _hardware(),
-        **_initial_model_facts(config),
-        **_total_facts(train_dir),
-        **_mean_network_facts(train_dir, config),
+        **_initial_model_facts(origin),
+        # The run's steps and wall time with those of every initial model (and the mean network's time).
+        "total_steps": origin["steps"],
+        "total_wall_time_s": origin["wall_time_s"],
+        **({"mean_network": origin["mean_network"]} if config.get("residual") else {}),
     }
 
 
-def _initial_model_facts(config):
+def _initial_model_facts(origin):
     """A fine-tuned run's starting model, by name, and the steps and wall time that trained it (empty otherwise)."""
-    if not config.get("init_model"):
+    if "initial_model" not in origin:
         return {}
-    initial = _model_origin(config["init_model"])
+    initial = origin["initial_model"]
     return {"initial_model": {"name": initial["name"], "training_steps": initial["steps"],
                               "training_wall_time_s": initial["wall_time_s"]}}
-
-
-def _total_facts(train_dir):
-    """The run's steps and wall time with those of every initial model (and the time of the mean network)."""
-    origin = _model_origin(train_dir / "model.keras")
-    return {"total_steps": origin["steps"], "total_wall_time_s": origin["wall_time_s"]}
 
 
 def collect_card(run_dir, *, train="train", evaluation="evaluate", data_description="", limitations=(),
