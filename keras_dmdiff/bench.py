@@ -522,6 +522,41 @@ def _large_map_rows(config, say):
     return rows
 
 
+def _settings_record(config):
+    """The settings a bench result was measured with, as stored beside its rows."""
+    c = config
+    return {
+        "preset": c.preset,
+        "sizes": c.sizes,
+        "repeats": int(c.repeats),
+        "backends": c.backends,
+        "tensorflow_kernels": c.tensorflow_kernels,
+        "batch_size": int(c.batch_size),
+        "sampler": c.sampler,
+        "sampling_steps": int(c.sampling_steps),
+        "num_samples": int(c.num_samples),
+        "network_overrides": c.network_overrides,
+        "process_per_size": bool(c.process_per_size),
+        "large_map": {"size": c.large_map_size, "tile": c.large_map_tile, "margin": c.large_map_margin},
+        "flop_convention": "2 per multiply-add of convolutions, dense layers and attention matmuls; "
+        f"training step = {TRAIN_FLOPS_PER_FORWARD:g} x forward",
+    }
+
+
+def _machine():
+    """The machine and the versions that a bench result was measured on."""
+    import keras  # already imported by keras_dmdiff; only its version is read
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "keras": keras.__version__,
+    }
+
+
 def run_bench(config=None, *, json_path=None, verbose=True, **settings):
     """Measures speed, memory and (optionally) sampling quality; prints a table; returns a dict.
 
@@ -547,22 +582,6 @@ def run_bench(config=None, *, json_path=None, verbose=True, **settings):
     elif settings:
         raise ValueError("Give a BenchConfig or its fields as keywords, not both.")
     c = config
-    settings = {
-        "preset": c.preset,
-        "sizes": c.sizes,
-        "repeats": int(c.repeats),
-        "backends": c.backends,
-        "tensorflow_kernels": c.tensorflow_kernels,
-        "batch_size": int(c.batch_size),
-        "sampler": c.sampler,
-        "sampling_steps": int(c.sampling_steps),
-        "num_samples": int(c.num_samples),
-        "network_overrides": c.network_overrides,
-        "process_per_size": bool(c.process_per_size),
-        "large_map": {"size": c.large_map_size, "tile": c.large_map_tile, "margin": c.large_map_margin},
-        "flop_convention": "2 per multiply-add of convolutions, dense layers and attention matmuls; "
-        f"training step = {TRAIN_FLOPS_PER_FORWARD:g} x forward",
-    }
     say = print if verbose else (lambda *a, **k: None)
     say(f"[bench] float32 matmul peak ({c.matmul_size}^3) ...", flush=True)
     peak = matmul_peak(c.matmul_size, c.repeats)
@@ -575,19 +594,10 @@ def run_bench(config=None, *, json_path=None, verbose=True, **settings):
         say(f"[bench] quality against steps ({c.quality_backend}) ...", flush=True)
         quality = _run_worker(c.quality_backend, "quality", c)
 
-    import keras  # already imported by keras_dmdiff; only its version is read
-
     result = json_safe(
         {
-            "machine": {
-                "platform": platform.platform(),
-                "processor": platform.processor() or platform.machine(),
-                "cpu_count": os.cpu_count(),
-                "python": platform.python_version(),
-                "numpy": np.__version__,
-                "keras": keras.__version__,
-            },
-            "settings": settings,
+            "machine": _machine(),
+            "settings": _settings_record(c),
             "matmul_peak": peak,
             "rows": rows,
             "large_map": large_map,
