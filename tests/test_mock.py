@@ -122,6 +122,18 @@ def test_slab_layout_and_large_box():
         painting.slab_layout(25.0, 30.0)
 
 
+def test_map_geometry_holds_the_slab_layout_and_checks_it():
+    geometry = painting.MapGeometry(100.0, 1024, slabs_per_axis=3)
+    assert geometry.starts.tolist() == pytest.approx([0.0, 100.0 / 3, 200.0 / 3])
+    assert (geometry.thickness, geometry.num_maps, geometry.pixel_size) == (5.0, 9, 100.0 / 1024)
+    with pytest.raises(ValueError, match="slab_thickness"):
+        painting.MapGeometry(25.0, 64, slab_thickness=30.0)
+    with pytest.raises(ValueError, match="slabs_per_axis"):
+        painting.MapGeometry(25.0, 64, slabs_per_axis=6)
+    with pytest.raises(ValueError, match="map_size"):
+        painting.MapGeometry(25.0, 0)
+
+
 def test_find_halos_periodic_merge():
     rng = np.random.default_rng(1)
     # One clump straddling the periodic boundary in x.

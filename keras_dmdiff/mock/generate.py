@@ -144,7 +144,7 @@ def paint_simulation(nbody, params, suite, settings=None, *, seed=0, suite_overr
         spec = dataclasses.replace(spec, **suite_overrides)
     _, star_seed = _seeds(seed)
     rng = np.random.default_rng(star_seed)
-    starts, thickness = painting.slab_layout(c.box_size, c.slab_thickness, c.slabs_per_axis)
+    geometry = painting.MapGeometry(c.box_size, c.map_size, c.slab_thickness, c.slabs_per_axis)
     omega_m = params[0]
     cdm_fraction = (omega_m - cosmology.OMEGA_B) / omega_m
     pos, mass = nbody["pos"], nbody["particle_mass"]
@@ -152,11 +152,8 @@ def paint_simulation(nbody, params, suite, settings=None, *, seed=0, suite_overr
         pos,
         nbody["density"],
         mass * cdm_fraction,
-        box_size=c.box_size,
-        map_size=c.map_size,
+        geometry=geometry,
         grid_size=c.grid_size,
-        starts=starts,
-        thickness=thickness,
         eta=spec.dm_eta,
     )
     halos = nbody["halos"]
@@ -170,10 +167,7 @@ def paint_simulation(nbody, params, suite, settings=None, *, seed=0, suite_overr
     mstar = painting.stellar_maps(
         pos[host],
         star_mass,
-        box_size=c.box_size,
-        map_size=c.map_size,
-        starts=starts,
-        thickness=thickness,
+        geometry=geometry,
         k_neighbours=spec.k_neighbours,
         eta=spec.star_eta,
     )

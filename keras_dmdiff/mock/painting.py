@@ -20,6 +20,8 @@ Known weakness: the N-body force resolution (one mesh cell) leaves the
 small-scale power of the Mcdm maps below that of the real CMD maps.
 """
 
+import dataclasses
+
 import numpy as np
 import scipy.ndimage
 import scipy.fft
@@ -34,6 +36,7 @@ from keras_dmdiff.mock.particle_mesh import PARTICLE_CHUNK
 PROJECTION_CHUNK = 2 * PARTICLE_CHUNK
 
 __all__ = [
+    "MapGeometry",
     "slab_layout",
     "project_maps",
     "dark_matter_maps",
@@ -84,7 +87,53 @@ def _slab_index(coord, starts, thickness):
     return np.where(inside, k, -1)
 
 
-def project_maps(pos, weights, classes, num_classes, box_size, map_size, starts, thickness):
+@dataclasses.dataclass(frozen=True)
+class MapGeometry:
+    """The maps a box is projected into: its side, their pixels and the slabs along each axis.
+
+    Args:
+        box_size: box side in Mpc/h.
+        map_size: pixels per side.
+        slab_thickness, slabs_per_axis: see `slab_layout` (checked here).
+
+    Examples:
+        >>> geometry = MapGeometry(25.0, 256)
+        >>> geometry.starts.tolist(), geometry.thickness, geometry.pixel_size
+        ([0.0, 5.0, 10.0, 15.0, 20.0], 5.0, 0.09765625)
+    """
+
+    box_size: float
+    map_size: int
+    slab_thickness: float | None = 5.0
+    slabs_per_axis: int | None = None
+
+    def __post_init__(self):
+        if self.map_size < 1:
+            raise ValueError(f"map_size must be >= 1, got {self.map_size}")
+        slab_layout(self.box_size, self.slab_thickness, self.slabs_per_axis)
+
+    @property
+    def starts(self):
+        """Start coordinates (Mpc/h) of the slabs along each axis."""
+        return slab_layout(self.box_size, self.slab_thickness, self.slabs_per_axis)[0]
+
+    @property
+    def thickness(self):
+        """Depth of each slab in Mpc/h."""
+        return slab_layout(self.box_size, self.slab_thickness, self.slabs_per_axis)[1]
+
+    @property
+    def num_maps(self):
+        """Maps per box: 3 axes x the slabs along each."""
+        return 3 * len(self.starts)
+
+    @property
+    def pixel_size(self):
+        """Pixel side in Mpc/h."""
+        return self.box_size / self.map_size
+
+
+def project_maps(pos, weights, classes, num_classes, geometry):
     """CIC-project weighted particles into per-slab, per-class maps along 3 axes.
 
     Args:
@@ -92,32 +141,31 @@ def project_maps(pos, weights, classes, num_classes, box_size, map_size, starts,
         weights: [P] masses.
         classes: [P] int smoothing class in [0, num_classes).
         num_classes: number of classes.
-        box_size: box side in Mpc/h.
-        map_size: pixels per side.
-        starts, thickness: slab layout from `slab_layout`.
+        geometry: the `MapGeometry` of the maps.
 
     Returns:
         [3 * S, num_classes, map_size, map_size] float64 mass per pixel.
 
     Examples:
-        >>> s, t = slab_layout(25.0)
-        >>> m = project_maps(np.array([[1.0, 2.0, 3.0]]), np.ones(1), np.zeros(1, int), 1, 25.0, 8, s, t)
+        >>> m = project_maps(np.array([[1.0, 2.0, 3.0]]), np.ones(1), np.zeros(1, int), 1, MapGeometry(25.0, 8))
         >>> m.shape, float(m.sum())
         ((15, 1, 8, 8), 3.0)
     """
-    n_slabs = len(starts)
-    out = np.zeros((3, n_slabs, num_classes, map_size, map_size))
-    pix = map_size / box_size
+    map_size = geometry.map_size
+    out = np.zeros((3, len(geometry.starts), num_classes, map_size, map_size))
     # Particles in chunks: the temporaries stay bounded for 512^3 particles.
     for begin in range(0, len(pos), PROJECTION_CHUNK):
         part = slice(begin, begin + PROJECTION_CHUNK)
-        _project_chunk(out, pos[part], weights[part], classes[part], num_classes, pix, map_size, starts, thickness)
-    return out.reshape(3 * n_slabs, num_classes, map_size, map_size)
+        _project_chunk(out, pos[part], weights[part], classes[part], geometry)
+    return out.reshape(geometry.num_maps, num_classes, map_size, map_size)
 
 
-def _project_chunk(out, pos, weights, classes, num_classes, pix, map_size, starts, thickness):
+def _project_chunk(out, pos, weights, classes, geometry):
     """Adds the CIC projection of some particles to `out` [3, S, C, M, M] (see `project_maps`)."""
     size = out[0].size
+    num_classes, map_size = out.shape[2], geometry.map_size
+    pix = map_size / geometry.box_size
+    starts, thickness = geometry.starts, geometry.thickness
     for axis in range(3):
         u_axis, v_axis = [i for i in range(3) if i != axis]
         slab = _slab_index(pos[:, axis], starts, thickness)
@@ -153,11 +201,8 @@ def dark_matter_maps(
     density,
     particle_mass,
     *,
-    box_size,
-    map_size,
+    geometry,
     grid_size,
-    starts,
-    thickness,
     eta=0.6,
     sigma_range=(0.25, 8.0),
     num_classes=10,
@@ -174,8 +219,8 @@ def dark_matter_maps(
         pos: [P, 3] positions (Mpc/h).
         density: [P] local 1+delta of each particle.
         particle_mass: mass per particle (Msun/h) to paint.
-        box_size, map_size, grid_size: box (Mpc/h), pixels per side, particles per side.
-        starts, thickness: slab layout from `slab_layout`.
+        geometry: the `MapGeometry` of the maps.
+        grid_size: particles per side.
         eta: kernel width in units of the local spacing (calibration constant).
         sigma_range: (min, max) sigma in pixels.
         num_classes: number of width classes.
@@ -186,25 +231,24 @@ def dark_matter_maps(
     Examples:
         >>> rng = np.random.default_rng(0)
         >>> pos = rng.uniform(0, 25, (4096, 3))
-        >>> s, t = slab_layout(25.0)
-        >>> m = dark_matter_maps(pos, np.ones(4096), 1.0, box_size=25.0, map_size=16,
-        ...                      grid_size=16, starts=s, thickness=t)
+        >>> m = dark_matter_maps(pos, np.ones(4096), 1.0, geometry=MapGeometry(25.0, 16), grid_size=16)
         >>> m.shape, bool(m.min() > 0)
         ((15, 16, 16), True)
     """
+    box_size, map_size = geometry.box_size, geometry.map_size
     pix = map_size / box_size
     spacing = box_size / grid_size * pix  # mean particle spacing in pixels
     rho = np.maximum(density, 1e-3)
     sigma = eta * spacing * rho ** (-1.0 / 3.0)
     cls, centres = _classes(sigma, sigma_range[0], sigma_range[1], num_classes)
-    maps = project_maps(pos, np.ones(len(pos)), cls, num_classes, box_size, map_size, starts, thickness)
+    maps = project_maps(pos, np.ones(len(pos)), cls, num_classes, geometry)
     k = 2.0 * np.pi * np.fft.fftfreq(map_size)
     kr = 2.0 * np.pi * np.fft.rfftfreq(map_size)
     k2 = k[:, None] ** 2 + kr[None, :] ** 2
     kernels = np.exp(-0.5 * k2[None] * centres[:, None, None] ** 2)  # [C, M, M//2+1]
     mk = scipy.fft.rfft2(maps)  # [maps, C, M, M//2+1]
     smooth = scipy.fft.irfft2((mk * kernels[None]).sum(axis=1), s=(map_size, map_size))
-    area = (box_size / map_size) ** 2
+    area = geometry.pixel_size**2
     out = smooth * (particle_mass / area)
     # Why: FFT round-off can leave ~1e-16 relative noise; a floor far below any
     # physical value keeps the "strictly positive" promise for log10.
@@ -350,10 +394,7 @@ def stellar_maps(
     star_pos,
     star_mass,
     *,
-    box_size,
-    map_size,
-    starts,
-    thickness,
+    geometry,
     k_neighbours=8,
     eta=0.5,
     h_range=(0.7, 2.0),
@@ -371,8 +412,7 @@ def stellar_maps(
     Args:
         star_pos: [S, 3] star-particle positions (Mpc/h).
         star_mass: [S] masses (Msun/h).
-        box_size, map_size: box (Mpc/h) and pixels per side.
-        starts, thickness: slab layout from `slab_layout`.
+        geometry: the `MapGeometry` of the maps.
         k_neighbours: neighbour rank for the kernel size (3-D, periodic).
         eta: kernel size scale (calibration constant).
         h_range: (min, max) support radius in pixels.
@@ -381,16 +421,16 @@ def stellar_maps(
         [3 * S, map_size, map_size] float32 surface density, >= 0 and sparse.
 
     Examples:
-        >>> s, t = slab_layout(25.0)
-        >>> m = stellar_maps(np.array([[1.0, 2.0, 3.0]]), np.array([1e9]), box_size=25.0,
-        ...                  map_size=64, starts=s, thickness=t)
+        >>> m = stellar_maps(np.array([[1.0, 2.0, 3.0]]), np.array([1e9]), geometry=MapGeometry(25.0, 64))
         >>> m.shape, bool((m > 0).mean() < 0.01)
         ((15, 64, 64), True)
         >>> round(float(m.sum() * (25.0 / 64) ** 2 / 3), 1)
         1000000000.0
     """
+    box_size, map_size = geometry.box_size, geometry.map_size
+    starts, thickness = geometry.starts, geometry.thickness
     n_slabs = len(starts)
-    n_maps = 3 * n_slabs
+    n_maps = geometry.num_maps
     out = np.zeros(n_maps * map_size * map_size)
     if len(star_pos) == 0:
         return out.reshape(n_maps, map_size, map_size).astype(np.float32)
@@ -430,5 +470,5 @@ def stellar_maps(
         flat = (base + (iu[:, None] + du[None]) % map_size) * map_size + (iv[:, None] + dv[None]) % map_size
         nz = w > 0
         out += np.bincount(flat[nz], weights=w[nz], minlength=out.size)
-    out *= 1.0 / (box_size / map_size) ** 2
+    out *= 1.0 / geometry.pixel_size**2
     return out.reshape(n_maps, map_size, map_size).astype(np.float32)
