@@ -209,10 +209,9 @@ def write_cmd_files(
     """
     c = MockSettings() if settings is None else settings
     num_sims, params, table_seeds, field_names = _validate(suite, set_name, num_sims, workers, field_names)
-    from keras_dmdiff.mock.painting import slab_layout
+    from keras_dmdiff.mock.painting import MapGeometry
 
-    starts, _ = slab_layout(c.box_size, c.slab_thickness, c.slabs_per_axis)
-    maps_per_sim = 3 * len(starts)
+    maps_per_sim = MapGeometry(c.box_size, c.map_size, c.slab_thickness, c.slabs_per_axis).num_maps
     out_dir = pathlib.Path(out_dir)
     work = out_dir / ".mock_work" / f"{suite}_{set_name}"
     work.mkdir(parents=True, exist_ok=True)
