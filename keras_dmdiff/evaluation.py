@@ -389,8 +389,10 @@ def evaluate(
         |mean P ratio - 1|, per method), `cross_correlation_1_k_5` (mean r(k)
         for 1 < k < 5 h/Mpc, per method), `mse_dex2` (per method),
         `coverage` (pixel coverage at 50/68/90/95 %), `coverage_error`,
-        `rank_bias` and `verdict` (pixels), `verdict_power_spectrum`,
-        `verdict_aperture_masses`, `tarp_max_error`. Methods:
+        `rank_bias` and `verdict` (pixels), `pixels_by_stars` (the same
+        where the stellar map is empty and where it holds stars),
+        `verdict_power_spectrum`, `verdict_aperture_masses`,
+        `tarp_max_error`. Methods:
         `diffusion_samples`, `diffusion_posterior_mean` and each baseline.
 
     Raises:

@@ -143,6 +143,20 @@ def _calibration_block(samples, truth, num_samples):
     }
 
 
+def _calibration_by_stars(samples, truth, stars):
+    """The pixels' calibration where the stellar map is empty and where it holds stars.
+
+    The split is by the conditioning data, so each part of a calibrated
+    posterior covers at the nominal levels (a split by the truth would not).
+    A part with fewer than 2 pixels is None.
+    """
+    parts = {"no_stars": stars <= 0, "stars": stars > 0}
+    return {
+        name: stats.calibration_verdict(samples[:, where], truth[where]) if where.sum() >= 2 else None
+        for name, where in parts.items()
+    }
+
+
 class _MapStatistics:
     """Per-map statistics of the samples, their mean and each baseline, filled one map at a time."""
 
@@ -159,6 +173,7 @@ class _MapStatistics:
         self.grid_edges = {"diffusion_samples": [], "truth": []}
         self.pixel_samples = np.empty((s, n * plan.pixels), np.float32)
         self.pixel_truth = np.empty((n * plan.pixels,), np.float32)
+        self.pixel_stars = np.empty((n * plan.pixels,), np.float32)
         self.aperture_samples, self.aperture_truth = [], []
         self.baselines = {
             name: {"pk": np.empty((n, nk)), "r": np.empty((n, nk)), "pdf": np.empty((n, nb)), "mse": []}
@@ -195,6 +210,7 @@ class _MapStatistics:
         where = slice(i * plan.pixels, (i + 1) * plan.pixels)
         self.pixel_samples[:, where] = samples.reshape(len(samples), -1)[:, pick]
         self.pixel_truth[where] = truth.reshape(-1)[pick]
+        self.pixel_stars[where] = np.asarray(stars).reshape(-1)[pick]
 
         # Apertures around the brightest galaxies (the conditioning data, so
         # the selection does not bias the ranks).
@@ -246,6 +262,7 @@ class _MapStatistics:
         s, n = self.plan.num_samples, len(self.pk_true)
         calibration = {
             "pixels": _calibration_block(self.pixel_samples, self.pixel_truth, s),
+            "pixels_by_stars": _calibration_by_stars(self.pixel_samples, self.pixel_truth, self.pixel_stars),
             "power_spectrum": _calibration_block(
                 np.moveaxis(self.pk_samples, 1, 0).reshape(s, -1), self.pk_true.reshape(-1), s
             ),
@@ -277,14 +294,29 @@ class _MapStatistics:
         return calibration
 
 
+def _coverage_by_level(block):
+    """A calibration block's coverage keyed by level, e.g. {"50%": 0.48, ...}."""
+    return dict(zip([f"{int(round(100 * lv))}%" for lv in block["levels"]], block["coverage"]))
+
+
 def _calibration_summary(calibration):
     """The calibration numbers of the headline summary."""
     pixels = calibration["pixels"]
     return {
-        "coverage": dict(zip([f"{int(round(100 * lv))}%" for lv in pixels["levels"]], pixels["coverage"])),
+        "coverage": _coverage_by_level(pixels),
         "coverage_error": pixels["coverage_error"],
         "rank_bias": pixels["rank_bias"],
         "verdict": pixels["verdict"],
+        # Where the stellar map is empty (most pixels) and where it holds stars: which the miscalibration lives in.
+        "pixels_by_stars": {
+            name: None if part is None else {
+                "fraction": part["num_features"] / pixels["num_features"],
+                "coverage": _coverage_by_level(part),
+                "rank_bias": part["rank_bias"],
+                "verdict": part["verdict"],
+            }
+            for name, part in calibration["pixels_by_stars"].items()
+        },
         "verdict_power_spectrum": calibration["power_spectrum"]["verdict"],
         "verdict_aperture_masses": calibration.get("aperture_masses", {}).get("verdict"),
         "tarp_max_error": calibration.get("tarp", {}).get("max_error"),

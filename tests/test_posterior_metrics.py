@@ -49,6 +49,26 @@ def test_samples_with_twice_the_contrast_have_exact_metrics():
     assert metrics["_example"]["map_index"] == 0
 
 
+def test_calibration_split_by_stars_finds_a_bias_where_the_stars_are():
+    # A calibrated posterior in log space, shifted up by 1 sigma in the pixels that hold stars only.
+    rng = np.random.default_rng(3)
+    n, size, s = 4, 32, 32
+    stars = np.where(rng.uniform(size=(n, size, size)) < 0.3, 10.0 ** rng.normal(8.0, 0.5, (n, size, size)), 0.0)
+    centre = rng.normal(0.0, 0.3, (n, size, size))
+    truth = 10.0 ** (centre + 0.1 * rng.normal(size=(n, size, size)))
+    shift = np.where(stars > 0, 0.1, 0.0)
+    samples = 10.0 ** (centre + shift + 0.1 * rng.normal(size=(s, n, size, size)))
+    plan = MeasurePlan.for_maps(n, size, num_samples=s, box_size=25.0, seed=0, settings=MeasureSettings(num_apertures=0))
+    summary = measure(lambda i: samples[:, i], stars, truth, plan, predictions={})["summary"]
+    empty, starry = summary["pixels_by_stars"]["no_stars"], summary["pixels_by_stars"]["stars"]
+    assert empty["fraction"] + starry["fraction"] == pytest.approx(1.0)
+    assert starry["fraction"] == pytest.approx(0.3, abs=0.03)
+    assert empty["verdict"] == "calibrated" and abs(empty["rank_bias"]) < 0.02
+    assert empty["coverage"]["68%"] == pytest.approx(0.68, abs=0.03)
+    # One sigma too high: the truth's mean PIT is P(e2 - e1 < -1) = Phi(-1 / sqrt 2) = 0.240.
+    assert starry["verdict"] == "biased" and starry["rank_bias"] == pytest.approx(0.240 - 0.5, abs=0.03)
+
+
 def test_one_sample_has_no_calibration():
     truth = _truth(n=2)
     plan = MeasurePlan.for_maps(2, 32, num_samples=1, box_size=25.0, seed=0)
