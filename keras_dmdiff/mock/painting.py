@@ -96,6 +96,10 @@ class MapGeometry:
         map_size: pixels per side.
         slab_thickness, slabs_per_axis: see `slab_layout` (checked here).
 
+    Attributes:
+        starts: start coordinates (Mpc/h) of the slabs along each axis.
+        thickness: depth of each slab in Mpc/h.
+
     Examples:
         >>> geometry = MapGeometry(25.0, 256)
         >>> geometry.starts.tolist(), geometry.thickness, geometry.pixel_size
@@ -106,21 +110,16 @@ class MapGeometry:
     map_size: int
     slab_thickness: float | None = 5.0
     slabs_per_axis: int | None = None
+    # The slab layout, derived once from the fields above (and checked by `slab_layout`).
+    starts: np.ndarray = dataclasses.field(init=False, repr=False, compare=False)
+    thickness: float = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.map_size < 1:
             raise ValueError(f"map_size must be >= 1, got {self.map_size}")
-        slab_layout(self.box_size, self.slab_thickness, self.slabs_per_axis)
-
-    @property
-    def starts(self):
-        """Start coordinates (Mpc/h) of the slabs along each axis."""
-        return slab_layout(self.box_size, self.slab_thickness, self.slabs_per_axis)[0]
-
-    @property
-    def thickness(self):
-        """Depth of each slab in Mpc/h."""
-        return slab_layout(self.box_size, self.slab_thickness, self.slabs_per_axis)[1]
+        starts, thickness = slab_layout(self.box_size, self.slab_thickness, self.slabs_per_axis)
+        object.__setattr__(self, "starts", starts)  # frozen: set once here
+        object.__setattr__(self, "thickness", thickness)
 
     @property
     def num_maps(self):
@@ -131,6 +130,11 @@ class MapGeometry:
     def pixel_size(self):
         """Pixel side in Mpc/h."""
         return self.box_size / self.map_size
+
+    @property
+    def pixels_per_mpc(self):
+        """Pixels per Mpc/h: positions times this are pixel coordinates."""
+        return self.map_size / self.box_size
 
 
 def project_maps(pos, weights, classes, num_classes, geometry):
@@ -163,8 +167,7 @@ def project_maps(pos, weights, classes, num_classes, geometry):
 def _project_chunk(out, pos, weights, classes, geometry):
     """Adds the CIC projection of some particles to `out` [3, S, C, M, M] (see `project_maps`)."""
     size = out[0].size
-    num_classes, map_size = out.shape[2], geometry.map_size
-    pix = map_size / geometry.box_size
+    num_classes, map_size, pix = out.shape[2], geometry.map_size, geometry.pixels_per_mpc
     starts, thickness = geometry.starts, geometry.thickness
     for axis in range(3):
         u_axis, v_axis = [i for i in range(3) if i != axis]
@@ -235,8 +238,7 @@ def dark_matter_maps(
         >>> m.shape, bool(m.min() > 0)
         ((15, 16, 16), True)
     """
-    box_size, map_size = geometry.box_size, geometry.map_size
-    pix = map_size / box_size
+    box_size, map_size, pix = geometry.box_size, geometry.map_size, geometry.pixels_per_mpc
     spacing = box_size / grid_size * pix  # mean particle spacing in pixels
     rho = np.maximum(density, 1e-3)
     sigma = eta * spacing * rho ** (-1.0 / 3.0)
@@ -434,7 +436,7 @@ def stellar_maps(
     out = np.zeros(n_maps * map_size * map_size)
     if len(star_pos) == 0:
         return out.reshape(n_maps, map_size, map_size).astype(np.float32)
-    pix = map_size / box_size
+    pix = geometry.pixels_per_mpc
     k = min(k_neighbours + 1, len(star_pos))
     if k > 1:
         tree = scipy.spatial.cKDTree(star_pos, boxsize=box_size)
