@@ -62,7 +62,7 @@ def _hardware():
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
 
 
-def _model_origin(path):
+def _model_origin(path, strict=False):
     """What trained the `.keras` model at `path`: its name, steps, wall time and mean network.
 
     A shipped model's metrics.json beside the file says it; a training run's
@@ -70,6 +70,12 @@ def _model_origin(path):
     `init_model` back, so the steps and time of a fine-tuned model include
     every model it started from, and the time also its mean network's. Otherwise
     the name is the path and the rest unknown.
+
+    Args:
+        path: the `.keras` file.
+        strict: the run is the one being packaged, so a residual run without
+            its finished mean network is an error (an initial model's or a
+            teacher's missing facts are only unknown).
 
     Returns:
         dict: "name", "steps" (the diffusion network's optimiser steps, None
@@ -100,9 +106,14 @@ def _model_origin(path):
             parts.append(initial["wall_time_s"])
             steps.append(initial["steps"])
             origin.update(mean_network=initial["mean_network"], initial_model=initial)
-        elif config.get("residual") and (folder / "mean" / "history.csv").exists():
-            parts.append(total_wall_time(folder / "mean" / "history.csv")[0])
-            if (folder / "mean" / "done.json").exists():
+        elif config.get("residual"):
+            mean = folder / "mean"
+            if strict and not (mean / "done.json").exists():
+                raise FileNotFoundError(f"The residual run {folder} has no finished mean network: "
+                                        f"{mean / 'done.json'} is missing. Finish its training before packaging it.")
+            if (mean / "history.csv").exists():
+                parts.append(total_wall_time(mean / "history.csv")[0])
+            if (mean / "done.json").exists():
                 origin["mean_network"] = _mean_network(folder, config)
     else:
         return origin
@@ -156,7 +167,7 @@ def _training_facts(train_dir, config):
     last = _read_history(train_dir / "history.csv")[-1]
     # One reading of the run and of every model it started from feeds the initial model, the totals and
     # the mean network (a fine-tuned run kept its initial model's).
-    origin = _model_origin(train_dir / "model.keras")
+    origin = _model_origin(train_dir / "model.keras", strict=True)
     return {
         "preset": config["preset"],
         "parameters": done.get("parameters"),

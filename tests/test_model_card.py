@@ -52,6 +52,13 @@ def test_a_plain_run_has_no_mean_network(tmp_path):
     assert "mean_network" not in collect_card(tmp_path)["training"]
 
 
+def test_a_residual_run_without_its_finished_mean_network_is_not_packaged(tmp_path):
+    write_run(tmp_path, residual=True)
+    (tmp_path / "train" / "mean" / "done.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no finished mean network"):
+        collect_card(tmp_path)
+
+
 def write_distillation(root, teacher_dir):
     distill = root / "distill"
     config = {"teacher": str(teacher_dir / "model.keras"), "teacher_steps": 32, "student_steps": 4, "steps": 50,
