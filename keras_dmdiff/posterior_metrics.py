@@ -175,6 +175,7 @@ class _MapStatistics:
         self.pixel_truth = np.empty((n * plan.pixels,), np.float32)
         self.pixel_stars = np.empty((n * plan.pixels,), np.float32)
         self.aperture_samples, self.aperture_truth = [], []
+        self.mass_samples, self.mass_truth = np.empty((s, n)), np.empty((n,))
         self.baselines = {
             name: {"pk": np.empty((n, nk)), "r": np.empty((n, nk)), "pdf": np.empty((n, nb)), "mse": []}
             for name in baseline_names
@@ -211,6 +212,9 @@ class _MapStatistics:
         self.pixel_samples[:, where] = samples.reshape(len(samples), -1)[:, pick]
         self.pixel_truth[where] = truth.reshape(-1)[pick]
         self.pixel_stars[where] = np.asarray(stars).reshape(-1)[pick]
+
+        # The map's mass (its mean density): the coarsest mode, which the pixels' and P(k)'s checks miss.
+        self.mass_samples[:, i], self.mass_truth[i] = samples.mean(axis=(1, 2)), truth.mean()
 
         # Apertures around the brightest galaxies (the conditioning data, so
         # the selection does not bias the ranks).
@@ -258,7 +262,7 @@ class _MapStatistics:
         return power_ratio, cross, power, pdf, mse
 
     def calibration(self, k, cross):
-        """Calibration blocks of pixels, P(k), apertures, TARP and the Fourier check (needs S >= 2)."""
+        """Calibration blocks of pixels, P(k), map masses, apertures, TARP and the Fourier check (needs S >= 2)."""
         s, n = self.plan.num_samples, len(self.pk_true)
         calibration = {
             "pixels": _calibration_block(self.pixel_samples, self.pixel_truth, s),
@@ -266,6 +270,10 @@ class _MapStatistics:
             "power_spectrum": _calibration_block(
                 np.moveaxis(self.pk_samples, 1, 0).reshape(s, -1), self.pk_true.reshape(-1), s
             ),
+        }
+        calibration["map_mass"] = {
+            **_calibration_block(self.mass_samples, self.mass_truth, s),
+            "error_to_spread": stats.error_to_spread(np.log10(self.mass_samples), np.log10(self.mass_truth)),
         }
         if self.aperture_samples:
             calibration["aperture_masses"] = {
@@ -316,6 +324,13 @@ def _calibration_summary(calibration):
                 "verdict": part["verdict"],
             }
             for name, part in calibration["pixels_by_stars"].items()
+        },
+        # One feature per map: its ranks are few, the error-to-spread ratio says by how much.
+        "map_mass": {
+            "coverage": _coverage_by_level(calibration["map_mass"]),
+            "rank_bias": calibration["map_mass"]["rank_bias"],
+            "error_to_spread": calibration["map_mass"]["error_to_spread"],
+            "verdict": calibration["map_mass"]["verdict"],
         },
         "verdict_power_spectrum": calibration["power_spectrum"]["verdict"],
         "verdict_aperture_masses": calibration.get("aperture_masses", {}).get("verdict"),

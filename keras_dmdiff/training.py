@@ -64,8 +64,8 @@ class TrainConfig:
         validation_batches: batches of the validation split evaluated per epoch.
         seed: seed of the model and the pipeline.
         data_parallel: split batches over all local devices (keras.distribution).
-        prediction, loss_weighting, weighting_bias, importance_sampling: the
-            diffusion objective (see `VariationalDiffusion`).
+        prediction, loss_weighting, weighting_bias, importance_sampling,
+            multiscale_weight: the diffusion objective (see `VariationalDiffusion`).
         residual: train a regression U-Net mu(stars) first (same preset, data
             and optimiser settings) and the diffusion on y - mu(stars).
         mean_steps: optimiser steps of that regression U-Net.
@@ -104,6 +104,7 @@ class TrainConfig:
     loss_weighting: str = "elbo"
     weighting_bias: float | None = None
     importance_sampling: bool = False
+    multiscale_weight: float = 0.0
     residual: bool = False
     mean_steps: int = 0
     mean_objective: str = "log_mse"
@@ -283,6 +284,7 @@ def build_model(config, mean_network=None):
         loss_weighting=config.loss_weighting,
         weighting_bias=config.weighting_bias,
         importance_sampling=config.importance_sampling,
+        multiscale_weight=config.multiscale_weight,
         mean_network=mean_network,
         transform=None if mean_network is None else mean_network.transform.get_config(),
     )

@@ -83,6 +83,7 @@ def test_reconstruct_reports_missing_files(tiny_model_path, tmp_path, capsys):
     assert "No model at" in capsys.readouterr().err
 
 
+@pytest.mark.backend_independent  # the commands' plumbing; training on each backend: test_training
 def test_mock_then_train_from_the_command_line(tmp_path):
     data = tmp_path / "data"
     assert cli.main(["mock", "--suite", "SIMBA", "--set-name", "LH", "--num-sims", "3", "--grid-size", "32",

@@ -9,6 +9,11 @@ from keras_dmdiff.training import train
 from keras_dmdiff_datasets.camels_cmd.fake_cmd import write_fake_cmd_files
 
 
+# The rounds' run folders and settings are the same on every backend (the TensorFlow pass runs them);
+# the distillation step itself is tested on both backends in test_distillation.
+pytestmark = pytest.mark.backend_independent
+
+
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("distil")

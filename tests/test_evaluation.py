@@ -174,7 +174,7 @@ def test_evaluate_writes_the_output_folder_and_resumes_without_resampling(toy, t
         assert set(summary[key]) >= {"diffusion_samples", "diffusion_posterior_mean",
                                      STELLAR_TRACER, CONDITIONAL_MEAN}
     assert summary["verdict"] in ("calibrated", "biased", "over-dispersed", "under-dispersed")
-    assert set(on_disk["calibration"]) == {"pixels", "pixels_by_stars", "power_spectrum", "aperture_masses", "tarp", "fourier"}
+    assert set(on_disk["calibration"]) == {"pixels", "pixels_by_stars", "power_spectrum", "map_mass", "aperture_masses", "tarp", "fourier"}
     leaves = list(finite_leaves(summary))
     assert leaves and all(np.isfinite(leaves))
 

@@ -69,6 +69,23 @@ def test_calibration_split_by_stars_finds_a_bias_where_the_stars_are():
     assert starry["verdict"] == "biased" and starry["rank_bias"] == pytest.approx(0.240 - 0.5, abs=0.03)
 
 
+def test_map_mass_calibration_finds_draws_too_sure_of_each_maps_mass():
+    # Each map's truth has a mass offset of 0.2 dex that the draws share at 1/4 of its spread only.
+    rng = np.random.default_rng(5)
+    n, size, s = 64, 16, 16
+    local = rng.normal(0.0, 0.3, (n, size, size))
+    truth = 10.0 ** (local + rng.normal(0.0, 0.2, (n, 1, 1)))
+    calibrated = 10.0 ** (local + rng.normal(0.0, 0.2, (s, n, 1, 1)))
+    too_sure = 10.0 ** (local + rng.normal(0.0, 0.05, (s, n, 1, 1)))
+    plan = MeasurePlan.for_maps(n, size, num_samples=s, box_size=25.0, seed=0, settings=MeasureSettings(num_apertures=0))
+    good = measure(lambda i: calibrated[:, i], truth, truth, plan, predictions={})["summary"]["map_mass"]
+    bad = measure(lambda i: too_sure[:, i], truth, truth, plan, predictions={})["summary"]["map_mass"]
+    assert good["error_to_spread"] == pytest.approx(1.0, abs=0.2) and good["coverage"]["68%"] == pytest.approx(0.68, abs=0.15)
+    # sqrt((0.2^2 + 0.05^2 / 16) / (0.05^2 (1 + 1/16))) = 3.9
+    assert bad["error_to_spread"] == pytest.approx(3.9, abs=0.6)
+    assert bad["coverage"]["68%"] < 0.4 and bad["verdict"] != "calibrated"
+
+
 def test_one_sample_has_no_calibration():
     truth = _truth(n=2)
     plan = MeasurePlan.for_maps(2, 32, num_samples=1, box_size=25.0, seed=0)

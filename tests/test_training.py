@@ -11,6 +11,12 @@ from keras_dmdiff.training import TrainConfig, train
 from keras_dmdiff_datasets.camels_cmd.fake_cmd import write_fake_cmd_files
 
 
+# The run folder's logic (resuming, time limits, residual and fine-tuning runs, settings) is the
+# same on every backend: it runs in the TensorFlow pass only. The JAX pass trains, writes a complete
+# run folder and resumes to the uninterrupted run's weights.
+run_folder_logic = pytest.mark.backend_independent
+
+
 @pytest.fixture(scope="module")
 def cmd_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmd")
@@ -82,6 +88,7 @@ def train_interrupted(config, run, monkeypatch, epochs):
     monkeypatch.undo()
 
 
+@run_folder_logic
 def test_killed_run_resumes_and_continues_the_loss_curve(cmd_dirs, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train_interrupted(tiny_config(cmd_dirs), run, monkeypatch, epochs=2)
@@ -123,6 +130,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(cmd_dirs, t
     assert not [p for p in run.rglob("*") if ".partial-" in p.name]  # no temporary left behind
 
 
+@run_folder_logic
 def test_a_checkpoint_damaged_from_outside_is_named(cmd_dirs, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train_interrupted(tiny_config(cmd_dirs), run, monkeypatch, epochs=1)
@@ -132,6 +140,7 @@ def test_a_checkpoint_damaged_from_outside_is_named(cmd_dirs, tmp_path, monkeypa
         train(tiny_config(cmd_dirs), run, verbose=0)
 
 
+@run_folder_logic
 def test_bad_configs_are_rejected(cmd_dirs, tmp_path):
     with pytest.raises(ValueError, match="Unknown training settings"):
         TrainConfig.from_dict({"learning_rat": 1.0})
@@ -144,6 +153,7 @@ def test_bad_configs_are_rejected(cmd_dirs, tmp_path):
         train(tiny_config(cmd_dirs, steps=4, steps_per_epoch=2), tmp_path / "a", verbose=0)
 
 
+@run_folder_logic
 def test_a_run_resumes_with_its_data_named_by_another_path(cmd_dirs, tmp_path, monkeypatch):
     run = tmp_path / "run"
     config = tiny_config(cmd_dirs)
@@ -155,6 +165,7 @@ def test_a_run_resumes_with_its_data_named_by_another_path(cmd_dirs, tmp_path, m
     assert json.loads((run / "config.json").read_text())["data_dir"] == moved["data_dir"]
 
 
+@run_folder_logic
 def test_residual_run_trains_the_mean_network_first_and_ships_one_model(cmd_dirs, tmp_path):
     config = tiny_config(cmd_dirs, residual=True, mean_steps=4, prediction="v", loss_weighting="sigmoid")
     model = train(config, tmp_path / "run", verbose=0)
@@ -168,6 +179,7 @@ def test_residual_run_trains_the_mean_network_first_and_ships_one_model(cmd_dirs
     assert loaded.mean_network.transform.get_config() == loaded.transform.get_config()
 
 
+@run_folder_logic
 def test_mean_only_trains_the_mean_network_and_a_later_call_goes_on(cmd_dirs, tmp_path):
     config = tiny_config(cmd_dirs, residual=True, mean_steps=4, steps=2)
     mean = train(config, tmp_path / "run", verbose=0, mean_only=True)
@@ -181,6 +193,7 @@ def test_mean_only_trains_the_mean_network_and_a_later_call_goes_on(cmd_dirs, tm
         train(tiny_config(cmd_dirs), tmp_path / "other", verbose=0, mean_only=True)
 
 
+@run_folder_logic
 def test_a_run_from_init_model_starts_from_its_weights_and_keeps_its_mean_network(cmd_dirs, tmp_path):
     first = train(tiny_config(cmd_dirs, residual=True, mean_steps=2, steps=2), tmp_path / "first", verbose=0)
     start = tmp_path / "first" / "model.keras"
@@ -207,6 +220,7 @@ def test_a_run_from_init_model_starts_from_its_weights_and_keeps_its_mean_networ
         train(dict(config, init_model=str(tmp_path / "missing.keras")), tmp_path / "missing", verbose=0)
 
 
+@run_folder_logic
 def test_time_limit_stops_at_a_checkpoint_and_a_rerun_finishes(cmd_dirs, tmp_path):
     run = tmp_path / "run"
     # A zero budget stops after the first epoch (its checkpoint is written first).
@@ -218,6 +232,7 @@ def test_time_limit_stops_at_a_checkpoint_and_a_rerun_finishes(cmd_dirs, tmp_pat
     assert [row["epoch"] for row in read_history(run / "history.csv")] == ["0", "1", "2"]
 
 
+@run_folder_logic
 def test_residual_settings_are_checked():
     with pytest.raises(ValueError, match="mean_steps"):
         TrainConfig.from_dict({"residual": True, "steps": 4, "steps_per_epoch": 2})
@@ -233,6 +248,7 @@ def test_residual_settings_are_checked():
     assert TrainConfig.from_dict(dataclasses.asdict(config)) == config
 
 
+@run_folder_logic
 def test_science_monitor_logs_posterior_statistics_and_keeps_the_best_model(cmd_dirs, tmp_path):
     science = {"every_epochs": 2, "maps": 2, "samples": 2, "steps": 2}
     config = tiny_config(cmd_dirs, steps=8, science=science)

@@ -175,6 +175,7 @@ def test_v_prediction_of_an_untrained_network_predicts_alpha_z():
         {"loss_weighting": "sigmoid"},
         {"loss_weighting": "sigmoid", "importance_sampling": True},
         {"loss_weighting": "min_snr", "importance_sampling": True, "prediction": "v"},
+        {"loss_weighting": "sigmoid", "importance_sampling": True, "multiscale_weight": 1.0},
     ],
 )
 def test_every_objective_trains_reports_the_elbo_and_round_trips(kwargs, tmp_path):
@@ -185,7 +186,7 @@ def test_every_objective_trains_reports_the_elbo_and_round_trips(kwargs, tmp_pat
     history = model.fit(stars, dm, batch_size=16, epochs=3, verbose=0).history
     for name in ("loss", "elbo_bpd", "diffusion_bpd", "weighted_diffusion_bpd"):
         assert np.all(np.isfinite(history[name])), name
-    if kwargs.get("loss_weighting", "elbo") != "elbo":
+    if kwargs.get("loss_weighting", "elbo") != "elbo" and not kwargs.get("multiscale_weight"):
         # The weights are below 1, so the weighted term is smaller than the ELBO's.
         assert history["weighted_diffusion_bpd"][-1] < history["diffusion_bpd"][-1]
     path = tmp_path / "model.keras"
@@ -209,6 +210,25 @@ def test_elbo_weighting_reports_the_elbo_as_its_loss():
     assert results["weighted_diffusion_bpd"] == pytest.approx(results["diffusion_bpd"], rel=1e-5)
 
 
+def test_the_multiscale_loss_changes_what_is_optimised_not_the_elbo():
+    stars, dm, _ = toy_data(n=16)
+    results = []
+    for weight in (0.0, 2.0):
+        model = tiny_model(multiscale_weight=weight)
+        model.adapt(stars, dm)
+        model.build()
+        if weight:
+            model.set_weights(plain_weights)
+        plain_weights = model.get_weights()
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+        results.append(model.evaluate(stars, dm, batch_size=16, verbose=0, return_dict=True))
+    plain, multiscale = results
+    assert multiscale["elbo_bpd"] == pytest.approx(plain["elbo_bpd"], rel=1e-5)
+    assert multiscale["diffusion_bpd"] == pytest.approx(plain["diffusion_bpd"], rel=1e-5)
+    # Every level adds a positive term: the optimised loss is above the ELBO's.
+    assert multiscale["weighted_diffusion_bpd"] > 1.05 * plain["weighted_diffusion_bpd"]
+
+
 def test_importance_sampled_times_follow_the_weighting():
     model = tiny_model(loss_weighting="sigmoid", antithetic_time_sampling=False, importance_sampling=True)
     model.build()
@@ -229,6 +249,7 @@ def test_importance_sampled_times_follow_the_weighting():
         ({"loss_weighting": "snr"}, "Unknown loss weighting"),
         ({"importance_sampling": True, "schedule": "learned_monotone"}, "linear schedule"),
         ({"mean_network": "not a model"}, "RegressionUNet"),
+        ({"multiscale_weight": -1.0}, "multiscale_weight"),
     ],
 )
 def test_bad_objectives_are_refused(kwargs, message):

@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_dmdiff.models.conditional_unet import ConditionalUNet
 from keras_dmdiff.models import loss_weightings
+from keras_dmdiff.models.multiscale_loss import multiscale_squared_error
 from keras_dmdiff.models.layers import PACKAGE
 from keras_dmdiff.models.noise_schedules import FixedLinearSchedule, LearnedLinearSchedule, get_schedule
 from keras_dmdiff.models.regression_unet import RegressionUNet
@@ -67,6 +68,10 @@ class VariationalDiffusion(keras.Model):
             the SNR cap of min_snr; None: 2 and 5.
         importance_sampling: draw gamma with density proportional to the
             weighting instead of uniformly (needs a linear schedule).
+        multiscale_weight: 0 (the reference), or the extra weight per 2x2
+            pooling level of the optimised error (`multiscale_loss`): the
+            coarse modes, up to the mass of a map, weigh more; the ELBO
+            terms stay unweighted.
         mean_network: None, or a trained `RegressionUNet` (or its config) with
             the same normalisation: residual mode. It is frozen.
         distilled_steps: None, or the number of deterministic DDIM steps a
@@ -101,6 +106,7 @@ class VariationalDiffusion(keras.Model):
         loss_weighting="elbo",
         weighting_bias=None,
         importance_sampling=False,
+        multiscale_weight=0.0,
         mean_network=None,
         distilled_steps=None,
         **kwargs,
@@ -118,6 +124,9 @@ class VariationalDiffusion(keras.Model):
         self.loss_weighting = loss_weighting
         self.weighting_bias = float(weighting_bias)
         self.importance_sampling = bool(importance_sampling)
+        if not multiscale_weight >= 0:
+            raise ValueError(f"multiscale_weight must be >= 0; got {multiscale_weight}.")
+        self.multiscale_weight = float(multiscale_weight)
         if network is None:
             network = ConditionalUNet()
         elif isinstance(network, dict):
@@ -275,14 +284,15 @@ class VariationalDiffusion(keras.Model):
         z_t = alpha_t * target + sigma_t * eps
         eps_hat = self.predict_noise(z_t, condition, self._normalised_gamma(gamma_t), training=training)
         squared_error = ops.sum(ops.square(eps - eps_hat), axis=(1, 2, 3))
+        optimised_error = multiscale_squared_error(eps - eps_hat, self.multiscale_weight)
         w = loss_weightings.weight(self.loss_weighting, gamma_t, self.weighting_bias)
         if weight_total is None:
             diffusion = 0.5 * gamma_slope * squared_error
-            weighted = w * diffusion
+            weighted = w * 0.5 * gamma_slope * optimised_error
         else:
             # t was drawn with density w(gamma(t)) gamma'(t) / weight_total.
-            weighted = 0.5 * weight_total * squared_error
-            diffusion = weighted / w
+            weighted = 0.5 * weight_total * optimised_error
+            diffusion = 0.5 * weight_total * squared_error / w
 
         gamma_1 = self.schedule(ops.ones(()))
         sigma_1_sq = ops.sigmoid(gamma_1)
@@ -561,6 +571,7 @@ class VariationalDiffusion(keras.Model):
             loss_weighting=self.loss_weighting,
             weighting_bias=self.weighting_bias,
             importance_sampling=self.importance_sampling,
+            multiscale_weight=self.multiscale_weight,
             mean_network=None if self.mean_network is None else keras.saving.serialize_keras_object(self.mean_network),
             distilled_steps=self.distilled_steps,
         )

@@ -12,6 +12,7 @@ from keras_dmdiff.stats.calibration import DEFAULT_LEVELS
 from keras_dmdiff.stats.calibration import aperture_mass_ranks
 from keras_dmdiff.stats.calibration import calibration_verdict
 from keras_dmdiff.stats.calibration import coverage_curve
+from keras_dmdiff.stats.calibration import error_to_spread
 from keras_dmdiff.stats.calibration import fourier_calibration
 from keras_dmdiff.stats.calibration import interval_coverage
 from keras_dmdiff.stats.calibration import normalized_rank

@@ -15,6 +15,8 @@ pixel coverage is the same for Sigma and for log10 Sigma.
 * `tarp_coverage`: the expected-coverage curve of TARP (Lemos et al. 2023,
   "Sampling-based accuracy testing of posterior estimators for general
   inference"), a joint test in many dimensions with random reference points.
+* `error_to_spread`: the error of the draws' mean over their spread, 1 for a
+  calibrated posterior; readable from a few features (e.g. one per map).
 * `calibration_verdict`: one summary with documented thresholds.
 """
 
@@ -453,6 +455,37 @@ def calibration_verdict(
         "coverage_tolerance": float(coverage_tolerance),
         "bias_tolerance": float(bias_tolerance),
     }
+
+
+def error_to_spread(samples, truth, sample_axis=0):
+    """The rms error of the draws' mean over the rms spread of the draws, 1 if calibrated.
+
+    For a calibrated posterior the truth is one more draw, so
+    E[(mean - truth)^2] = sigma^2 (1 + 1/S) and the draws' variance (ddof 1)
+    estimates sigma^2: the ratio sqrt(mean (mean - truth)^2 / (mean var (1 + 1/S)))
+    is 1, above 1 for over-confident draws and below 1 for too wide ones. Unlike
+    ranks, it says by how much, and it is readable from a few features.
+
+    Args:
+        samples: `[S, ...]` draws (S >= 2); truth: `[...]`.
+        sample_axis: axis of the draws in `samples`.
+
+    Returns:
+        float.
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> mu = rng.normal(size=20000)
+        >>> truth = mu + rng.normal(size=20000)
+        >>> round(error_to_spread(mu + rng.normal(size=(16, 20000)), truth), 1)
+        1.0
+        >>> round(error_to_spread(mu + rng.normal(size=(16, 20000)) / 3, truth), 1)   # 3x too narrow
+        2.9
+    """
+    s, t = _samples_truth(samples, truth, sample_axis)
+    error = np.mean((s.mean(axis=0) - t) ** 2)
+    spread = np.mean(s.var(axis=0, ddof=1)) * (1 + 1 / s.shape[0])
+    return float(np.sqrt(error / spread))
 
 
 def predicted_mean_correlation(single_sample_r, num_samples):
