@@ -225,7 +225,8 @@ def _prepare(maps, name, is_overdensity):
     return arr if is_overdensity else overdensity(arr)
 
 
-def _spectra(a, b, box_size, bins, num_bins, k_min, k_max, is_overdensity, which):
+def _spectra(a, b, box_size, bin_spec, is_overdensity, which):
+    """The binned spectra `which` ("a", "b", "x": cross) of `a` and `b`; `bin_spec`: `k_bin_edges` keywords."""
     box_size = check_box_size(box_size)
     da = _prepare(a, "a", is_overdensity)
     db = None
@@ -239,7 +240,7 @@ def _spectra(a, b, box_size, bins, num_bins, k_min, k_max, is_overdensity, which
                 f"Batch shapes of `a` {da.shape} and `b` {db.shape} do not broadcast."
             )
     n = da.shape[-1]
-    edges = k_bin_edges(n, box_size, bins=bins, num_bins=num_bins, k_min=k_min, k_max=k_max)
+    edges = k_bin_edges(n, box_size, **bin_spec)
     binning = _binning(n, box_size, edges)
     num = len(edges) - 1
     norm = box_size**2 / float(n) ** 4
@@ -296,9 +297,8 @@ def power_spectrum(
         >>> pk.shape, k.shape
         ((4, 32), (32,))
     """
-    k, out, counts = _spectra(
-        maps, None, box_size, bins, num_bins, k_min, k_max, is_overdensity, ("a",)
-    )
+    bin_spec = dict(bins=bins, num_bins=num_bins, k_min=k_min, k_max=k_max)
+    k, out, counts = _spectra(maps, None, box_size, bin_spec, is_overdensity, ("a",))
     return k, out["a"], counts
 
 
@@ -322,7 +322,8 @@ def cross_power_spectrum(
         `[..., num_bins]`; `cross_power_spectrum(a, a)` equals
         `power_spectrum(a)`.
     """
-    k, out, counts = _spectra(a, b, box_size, bins, num_bins, k_min, k_max, is_overdensity, ("x",))
+    bin_spec = dict(bins=bins, num_bins=num_bins, k_min=k_min, k_max=k_max)
+    k, out, counts = _spectra(a, b, box_size, bin_spec, is_overdensity, ("x",))
     return k, out["x"], counts
 
 
@@ -352,9 +353,8 @@ def cross_correlation(
         >>> bool(np.allclose(r, 1.0))
         True
     """
-    k, out, counts = _spectra(
-        a, b, box_size, bins, num_bins, k_min, k_max, is_overdensity, ("a", "b", "x")
-    )
+    bin_spec = dict(bins=bins, num_bins=num_bins, k_min=k_min, k_max=k_max)
+    k, out, counts = _spectra(a, b, box_size, bin_spec, is_overdensity, ("a", "b", "x"))
     with np.errstate(invalid="ignore", divide="ignore"):
         r = out["x"] / np.sqrt(out["a"] * out["b"])
     return k, r, counts
