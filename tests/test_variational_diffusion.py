@@ -174,8 +174,7 @@ def test_v_prediction_of_an_untrained_network_predicts_alpha_z():
         {"prediction": "v"},
         {"loss_weighting": "sigmoid"},
         {"loss_weighting": "sigmoid", "importance_sampling": True},
-        {"loss_weighting": "min_snr", "importance_sampling": True, "prediction": "v"},
-        {"loss_weighting": "sigmoid", "importance_sampling": True, "multiscale_weight": 1.0},
+        {"loss_weighting": "min_snr", "importance_sampling": True, "prediction": "v", "multiscale_weight": 1.0},
     ],
 )
 def test_every_objective_trains_reports_the_elbo_and_round_trips(kwargs, tmp_path):
