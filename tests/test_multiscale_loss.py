@@ -6,8 +6,6 @@ from keras import ops
 
 from keras_dmdiff.models.multiscale_loss import multiscale_squared_error
 
-pytestmark = pytest.mark.backend_independent
-
 
 def _value(field, weight):
     return np.asarray(ops.convert_to_numpy(multiscale_squared_error(field.astype("float32"), weight)))
