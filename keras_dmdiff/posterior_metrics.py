@@ -307,6 +307,11 @@ def _coverage_by_level(block):
     return dict(zip([f"{int(round(100 * lv))}%" for lv in block["levels"]], block["coverage"]))
 
 
+def _verdict_summary(block, **extra):
+    """A calibration block's coverage by level, rank bias and verdict (and `extra`) for the summary."""
+    return {"coverage": _coverage_by_level(block), "rank_bias": block["rank_bias"], **extra, "verdict": block["verdict"]}
+
+
 def _calibration_summary(calibration):
     """The calibration numbers of the headline summary."""
     pixels = calibration["pixels"]
@@ -317,21 +322,11 @@ def _calibration_summary(calibration):
         "verdict": pixels["verdict"],
         # Where the stellar map is empty (most pixels) and where it holds stars: which the miscalibration lives in.
         "pixels_by_stars": {
-            name: None if part is None else {
-                "fraction": part["num_features"] / pixels["num_features"],
-                "coverage": _coverage_by_level(part),
-                "rank_bias": part["rank_bias"],
-                "verdict": part["verdict"],
-            }
+            name: None if part is None else _verdict_summary(part, fraction=part["num_features"] / pixels["num_features"])
             for name, part in calibration["pixels_by_stars"].items()
         },
         # One feature per map: its ranks are few, the error-to-spread ratio says by how much.
-        "map_mass": {
-            "coverage": _coverage_by_level(calibration["map_mass"]),
-            "rank_bias": calibration["map_mass"]["rank_bias"],
-            "error_to_spread": calibration["map_mass"]["error_to_spread"],
-            "verdict": calibration["map_mass"]["verdict"],
-        },
+        "map_mass": _verdict_summary(calibration["map_mass"], error_to_spread=calibration["map_mass"]["error_to_spread"]),
         "verdict_power_spectrum": calibration["power_spectrum"]["verdict"],
         "verdict_aperture_masses": calibration.get("aperture_masses", {}).get("verdict"),
         "tarp_max_error": calibration.get("tarp", {}).get("max_error"),

@@ -283,8 +283,9 @@ class VariationalDiffusion(keras.Model):
         alpha_t, sigma_t = alpha_sigma(ops.reshape(gamma_t, (-1, 1, 1, 1)))
         z_t = alpha_t * target + sigma_t * eps
         eps_hat = self.predict_noise(z_t, condition, self._normalised_gamma(gamma_t), training=training)
-        squared_error = ops.sum(ops.square(eps - eps_hat), axis=(1, 2, 3))
-        optimised_error = multiscale_squared_error(eps - eps_hat, self.multiscale_weight)
+        error = eps - eps_hat
+        squared_error = ops.sum(ops.square(error), axis=(1, 2, 3))
+        optimised_error = multiscale_squared_error(error, self.multiscale_weight) if self.multiscale_weight else squared_error
         w = loss_weightings.weight(self.loss_weighting, gamma_t, self.weighting_bias)
         if weight_total is None:
             diffusion = 0.5 * gamma_slope * squared_error

@@ -225,8 +225,7 @@ def _prepare(maps, name, is_overdensity):
     return arr if is_overdensity else overdensity(arr)
 
 
-def _spectra(a, b, box_size, bin_spec, is_overdensity, which):
-    """The binned spectra `which` ("a", "b", "x": cross) of `a` and `b`; `bin_spec`: `k_bin_edges` keywords."""
+def _spectra(a, b, box_size, bins, num_bins, k_min, k_max, is_overdensity, which):
     box_size = check_box_size(box_size)
     da = _prepare(a, "a", is_overdensity)
     db = None
@@ -240,7 +239,7 @@ def _spectra(a, b, box_size, bin_spec, is_overdensity, which):
                 f"Batch shapes of `a` {da.shape} and `b` {db.shape} do not broadcast."
             )
     n = da.shape[-1]
-    edges = k_bin_edges(n, box_size, **bin_spec)
+    edges = k_bin_edges(n, box_size, bins=bins, num_bins=num_bins, k_min=k_min, k_max=k_max)
     binning = _binning(n, box_size, edges)
     num = len(edges) - 1
     norm = box_size**2 / float(n) ** 4
@@ -297,8 +296,9 @@ def power_spectrum(
         >>> pk.shape, k.shape
         ((4, 32), (32,))
     """
-    bin_spec = dict(bins=bins, num_bins=num_bins, k_min=k_min, k_max=k_max)
-    k, out, counts = _spectra(maps, None, box_size, bin_spec, is_overdensity, ("a",))
+    k, out, counts = _spectra(
+        maps, None, box_size, bins, num_bins, k_min, k_max, is_overdensity, ("a",)
+    )
     return k, out["a"], counts
 
 
@@ -322,8 +322,7 @@ def cross_power_spectrum(
         `[..., num_bins]`; `cross_power_spectrum(a, a)` equals
         `power_spectrum(a)`.
     """
-    bin_spec = dict(bins=bins, num_bins=num_bins, k_min=k_min, k_max=k_max)
-    k, out, counts = _spectra(a, b, box_size, bin_spec, is_overdensity, ("x",))
+    k, out, counts = _spectra(a, b, box_size, bins, num_bins, k_min, k_max, is_overdensity, ("x",))
     return k, out["x"], counts
 
 
@@ -353,8 +352,9 @@ def cross_correlation(
         >>> bool(np.allclose(r, 1.0))
         True
     """
-    bin_spec = dict(bins=bins, num_bins=num_bins, k_min=k_min, k_max=k_max)
-    k, out, counts = _spectra(a, b, box_size, bin_spec, is_overdensity, ("a", "b", "x"))
+    k, out, counts = _spectra(
+        a, b, box_size, bins, num_bins, k_min, k_max, is_overdensity, ("a", "b", "x")
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         r = out["x"] / np.sqrt(out["a"] * out["b"])
     return k, r, counts
